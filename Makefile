@@ -1,0 +1,30 @@
+# Quick start: `make demo` (set up + run TRUST on the embedded testbed) and `make test`.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+export HF_HUB_OFFLINE := 1
+
+.PHONY: setup demo test check clean
+
+$(BIN)/trust: pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	# torch is pinned first, so no resolver ever picks another (a CUDA build of several GB)
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e ".[test]"
+	touch $@
+
+setup: $(BIN)/trust
+
+demo: setup
+	$(BIN)/trust evaluate --concept circle --json runs/demo/evaluate.json
+	$(BIN)/trust generate --prompt "a red circle on a striped background" -n 16 --out runs/demo/red_circle.png
+
+test: setup
+	$(BIN)/python -m pytest
+
+check: setup
+	$(BIN)/trust testbed check --json runs/testbed_check.json
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

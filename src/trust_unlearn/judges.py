@@ -1,0 +1,65 @@
+"""Judges decide results: what concept an image shows. Found by name through a registry.
+
+The shapes judge is the testbed's classifier (shape / colour / background heads). The scorer that
+drives TRUST's saliency is a different network, so a method cannot game the judge it is graded by.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file
+
+from trust_unlearn.errors import UserError
+from trust_unlearn.testbed import SHIPPED_WEIGHTS
+from trust_unlearn.testbed.networks import Judge
+
+JUDGES: dict[str, type] = {}
+
+
+def register_judge(name: str):
+    def wrap(cls):
+        JUDGES[name] = cls
+        return cls
+
+    return wrap
+
+
+def get_judge(name: str = "shapes", **kwargs):
+    if name not in JUDGES:
+        raise UserError(f"unknown judge {name!r}; choose one of {', '.join(sorted(JUDGES))}")
+    return JUDGES[name](**kwargs)
+
+
+@register_judge("shapes")
+class ShapesJudge:
+    """Reads shape, colour and background from 32x32 images (other sizes are resized first)."""
+
+    def __init__(self, weights: str | Path | None = None):
+        path = Path(weights or SHIPPED_WEIGHTS / "judge.safetensors")
+        if not path.exists():
+            raise UserError(f"judge weights not found at {path}; run `trust testbed train` or reinstall")
+        self.net = Judge().eval()
+        self.net.load_state_dict(load_file(path))
+
+    @staticmethod
+    def _prepare(images: torch.Tensor) -> torch.Tensor:
+        images = images.float()
+        if images.shape[-1] != 32:
+            images = F.interpolate(images, size=(32, 32), mode="area")
+        return images
+
+    @torch.no_grad()
+    def read(self, images: torch.Tensor, batch_size: int = 256) -> list[dict[str, str]]:
+        """The judge's reading of each image: {'shape': ..., 'colour': ..., 'background': ...}."""
+        out = []
+        for i in range(0, len(images), batch_size):
+            logits = self.net(self._prepare(images[i : i + batch_size]))
+            idx = {h: logits[h].argmax(-1).tolist() for h in Judge.heads}
+            out += [{h: Judge.heads[h][idx[h][k]] for h in Judge.heads} for k in range(len(idx["shape"]))]
+        return out
+
+    @torch.no_grad()
+    def features(self, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+        return torch.cat([self.net.features(self._prepare(images[i : i + batch_size])) for i in range(0, len(images), batch_size)])

@@ -1,0 +1,134 @@
+"""What every unlearning method shares: the run context and the preservation loss.
+
+A method is one file: a config dataclass, and a class with `trainable()`, `step(k)` and
+`state_dict()/load_state_dict()`; it registers itself by name (see methods/__init__.py).
+The context owns what the engine prepares once: text states, the original model's images of the
+target and retain prompts (as latents), a frozen copy of the trainable weights, and the RNG.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from diffusers import DDIMScheduler, DDPMScheduler
+from torch.func import functional_call
+
+from trust_unlearn.concept_spec import ConceptSpec
+from trust_unlearn.pipeline import LoadedModel, initial_latents
+
+
+@dataclass
+class CommonConfig:
+    """Options every training method understands."""
+
+    steps: int = 100
+    lr: float = 1e-3
+    batch: int = 8
+    seed: int = 0
+    guidance: float | None = None  # CFG for the original-model images and saliency (model default)
+    cache_images: int = 32  # original-model images per prompt set (target, retain) for the losses
+    cache_steps: int | None = None  # DDIM steps for those images (model default)
+
+
+class RunContext:
+    """Shared state of one unlearning run (built once, before step 0)."""
+
+    def __init__(self, model: LoadedModel, spec: ConceptSpec, common: CommonConfig):
+        self.model, self.spec, self.common = model, spec, common
+        self.pipe = model.pipe
+        self.unet = model.pipe.unet
+        self.device = self.unet.device
+        self.guidance = model.guidance_scale if common.guidance is None else common.guidance
+        self.rng = torch.Generator().manual_seed(common.seed)
+        self.noise_scheduler = DDPMScheduler.from_config(self.pipe.scheduler.config)
+        self._states: dict[str, torch.Tensor] = {}
+        # all of the spec's prompts at once, in a fixed order: a resumed run sees bit-identical states
+        self.text(["", *spec.targets, *spec.anchors, *spec.retains])
+        self.uncond = self.text([""])[0]
+        self.target_latents, self.target_idx = None, None
+        self.retain_latents, self.retain_idx = None, None
+        self.original: dict[str, torch.Tensor] = {}
+
+    # ------------------------------------------------------------------ text
+    @torch.no_grad()
+    def text(self, prompts: list[str]) -> torch.Tensor:
+        """Text states exactly as the pipeline computes them (cached per prompt)."""
+        missing = [p for p in dict.fromkeys(prompts) if p not in self._states]
+        for i in range(0, len(missing), 64):
+            states, _ = self.pipe.encode_prompt(missing[i : i + 64], self.device, 1, False)
+            self._states.update(zip(missing[i : i + 64], states))
+        return torch.stack([self._states[p] for p in prompts])
+
+    # ------------------------------------------------------------------ original model
+    def freeze_original(self, params: dict[str, torch.nn.Parameter]) -> None:
+        """Keep the trainable weights' original values: eps_theta0 = functional_call with these."""
+        self.original = {n: p.detach().clone() for n, p in params.items()}
+
+    def eps(self, z_t, t, cond, original: bool = False) -> torch.Tensor:
+        if original:
+            with torch.no_grad():
+                return functional_call(self.unet, self.original, (z_t, t, cond)).sample
+        return self.unet(z_t, t, cond).sample
+
+    @torch.no_grad()
+    def sample_latents(self, prompts: list[str], seeds: list[int]) -> torch.Tensor:
+        """Final DDIM latents z_0 of the *current* UNet (called before any update: the original)."""
+        out = []
+        for i in range(0, len(prompts), 32):
+            out.append(self.pipe(
+                prompt=prompts[i : i + 32], latents=initial_latents(self.model, seeds[i : i + 32]),
+                guidance_scale=self.guidance, num_inference_steps=self.common.cache_steps or self.model.num_inference_steps,
+                height=self.model.resolution, width=self.model.resolution, output_type="latent",
+            ).images)
+        return torch.cat(out)
+
+    def cache_original_images(self) -> None:
+        n = self.common.cache_images
+        base = self.common.seed * 1_000_003
+        self.target_idx = torch.arange(n) % len(self.spec.targets)
+        self.target_latents = self.sample_latents([self.spec.targets[i] for i in self.target_idx], [base + k for k in range(n)])
+        if self.spec.retains:
+            self.retain_idx = torch.arange(n) % len(self.spec.retains)
+            self.retain_latents = self.sample_latents([self.spec.retains[i] for i in self.retain_idx], [base + n + k for k in range(n)])
+
+    def cache_tensors(self) -> dict[str, torch.Tensor]:
+        out = {"target_latents": self.target_latents, "target_idx": self.target_idx}
+        if self.retain_latents is not None:
+            out.update(retain_latents=self.retain_latents, retain_idx=self.retain_idx)
+        return out
+
+    def load_cache_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
+        self.target_latents, self.target_idx = tensors["target_latents"], tensors["target_idx"]
+        self.retain_latents, self.retain_idx = tensors.get("retain_latents"), tensors.get("retain_idx")
+
+    # ------------------------------------------------------------------ sampling helpers
+    def noised(self, latents: torch.Tensor, batch: int):
+        """A random batch z_t = noised latents, with the chosen rows, timesteps and noise."""
+        rows = torch.randint(0, len(latents), (batch,), generator=self.rng)
+        t = torch.randint(0, self.noise_scheduler.config.num_train_timesteps, (batch,), generator=self.rng)
+        noise = torch.randn(latents[rows].shape, generator=self.rng)
+        return rows, self.noise_scheduler.add_noise(latents[rows], noise.to(latents), t), t.to(self.device)
+
+    def preservation_loss(self, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """SalUn's L_prev: forget prompts -> original model's anchor prediction; retain prompts -> unchanged."""
+        rows, z_t, t = self.noised(self.target_latents, batch)
+        idx = self.target_idx[rows].tolist()
+        target = self.eps(z_t, t, self.text([self.spec.anchors[i] for i in idx]), original=True)
+        forget = F.mse_loss(self.eps(z_t, t, self.text([self.spec.targets[i] for i in idx])), target)
+        if self.retain_latents is None:
+            return forget, torch.zeros((), device=self.device)
+        rows, z_t, t = self.noised(self.retain_latents, batch)
+        cond = self.text([self.spec.retains[i] for i in self.retain_idx[rows].tolist()])
+        retain = F.mse_loss(self.eps(z_t, t, cond), self.eps(z_t, t, cond, original=True))
+        return forget, retain
+
+    def ddim(self, steps: int) -> DDIMScheduler:
+        sched = DDIMScheduler.from_config(self.pipe.scheduler.config)
+        sched.set_timesteps(steps, device=self.device)
+        return sched
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """Latents -> images in [0, 1], differentiable."""
+        vae = self.pipe.vae
+        return (vae.decode(latents / vae.config.scaling_factor).sample / 2 + 0.5).clamp(0, 1)

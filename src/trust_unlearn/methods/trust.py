@@ -1,0 +1,165 @@
+"""TRUST: dynamic concept neurons from alignment saliency, CIP / CSR regularisers, selective updates.
+
+Per step (see ../shared/TRUST_METHOD.md and docs/method.md):
+ 1. saliency: a short DDIM trajectory for a target prompt with CFG, decode, score alignment with the
+    scorer, back-propagate to the attn2 q/k/v weights (only through the last `backprop_depth` steps);
+ 2. concept neurons: rows with z-scored mean |grad| > xi, re-estimated every `mask_every` steps
+    (0 = a static mask estimated once);
+ 3. loss: L_prev + alpha * L_retain + beta * {CIP | CSR | none};
+ 4. only masked rows move: the gradient is masked and unmasked rows are restored after Adam's step,
+    so Adam's momentum cannot leak into them.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+from trust_unlearn.errors import UserError
+from trust_unlearn.methods import register_method
+from trust_unlearn.methods.base import RunContext
+from trust_unlearn.neurons import Mask, concept_neuron_masks, cross_attention_parameters, mask_size
+
+REGULARISERS = ("cip", "csr", "none")
+
+
+@dataclass
+class TrustConfig:
+    xi: float = 2.0  # z-score threshold for concept neurons
+    beta: float = 1.0  # regulariser weight
+    alpha: float = 0.5  # retain-term weight
+    reg: str = "cip"  # cip | csr | none
+    mask_every: int = 1  # re-estimate the mask every k steps; 0 = static (estimated once)
+    saliency_steps: int = 10  # DDIM steps of the saliency trajectory
+    backprop_depth: int = 2  # back-propagate through the last K denoising steps only
+    saliency_batch: int = 2  # trajectories per saliency estimate
+    csr_batch: int = 2  # samples for the Hutchinson probe
+
+    def validate(self) -> "TrustConfig":
+        if self.reg not in REGULARISERS:
+            raise UserError(f"unknown regulariser {self.reg!r}; choose one of {', '.join(REGULARISERS)}")
+        if self.mask_every < 0 or self.saliency_steps < 1 or not 1 <= self.backprop_depth <= self.saliency_steps:
+            raise UserError("need mask_every >= 0 and 1 <= backprop_depth <= saliency_steps")
+        return self
+
+
+def cip_penalty(params: dict[str, torch.Tensor], grads: dict[str, torch.Tensor], mask: Mask) -> torch.Tensor:
+    """L1 relaxation of the count of high-influence masked parameters: sum_{i in mask} |theta_i * g_i|."""
+    total = None
+    for name, p in params.items():
+        term = (p * grads[name].detach()).abs()[mask[name]].sum()
+        total = term if total is None else total + term
+    return total
+
+
+def csr_penalty(output_fn, params: dict[str, torch.Tensor], mask: Mask, generator: torch.Generator) -> torch.Tensor:
+    """Hutchinson estimate of the masked Gauss-Newton trace: E_v ||m * d(v . eps)/d theta||^2, v Rademacher.
+
+    Needs double backward, so the forward runs under the math SDPA kernel (fused kernels have none).
+    """
+    with sdpa_kernel(SDPBackend.MATH):
+        out = output_fn()
+        v = torch.randint(0, 2, out.shape, generator=generator).to(out) * 2 - 1
+        names = list(params)
+        grads = torch.autograd.grad((v * out).sum() / out.shape[0], [params[n] for n in names], create_graph=True)
+        return sum((g * mask[n].unsqueeze(1).to(g)).pow(2).sum() for n, g in zip(names, grads))
+
+
+@register_method("trust")
+class Trust:
+    config_cls = TrustConfig
+
+    def __init__(self, ctx: RunContext, cfg: TrustConfig):
+        self.ctx, self.cfg = ctx, cfg.validate()
+        self.params = cross_attention_parameters(ctx.unet)
+        ctx.unet.requires_grad_(False)
+        for p in self.params.values():
+            p.requires_grad_(True)
+        self.optimizer = torch.optim.Adam(self.params.values(), lr=ctx.common.lr)
+        self.mask: Mask | None = None
+        self.saliency_grads: dict[str, torch.Tensor] | None = None
+
+    def trainable(self) -> dict[str, torch.nn.Parameter]:
+        return self.params
+
+    # ------------------------------------------------------------------ saliency
+    def saliency_gradients(self) -> dict[str, torch.Tensor]:
+        """g = dA/d theta_CA, A = alignment of images generated for target prompts with those prompts."""
+        ctx, cfg = self.ctx, self.cfg
+        picks = torch.randint(0, len(ctx.spec.targets), (cfg.saliency_batch,), generator=ctx.rng).tolist()
+        prompts = [ctx.spec.targets[i] for i in picks]
+        cond = torch.cat([ctx.uncond.expand(len(prompts), -1, -1), ctx.text(prompts)])
+        size = ctx.model.resolution // ctx.pipe.vae_scale_factor
+        sched = ctx.ddim(cfg.saliency_steps)
+        latents = torch.randn((len(prompts), ctx.unet.config.in_channels, size, size), generator=ctx.rng).to(ctx.device)
+        latents = latents * sched.init_noise_sigma
+        n = len(sched.timesteps)
+        for i, t in enumerate(sched.timesteps):
+            with torch.set_grad_enabled(i >= n - cfg.backprop_depth):
+                inp = sched.scale_model_input(torch.cat([latents, latents]), t)
+                eps_u, eps_c = ctx.eps(inp, t, cond).chunk(2)
+                latents = sched.step(eps_u + ctx.guidance * (eps_c - eps_u), t, latents).prev_sample
+        alignment = self._score(ctx.decode(latents), prompts)
+        names = list(self.params)
+        grads = torch.autograd.grad(alignment, [self.params[k] for k in names], allow_unused=True)
+        return {k: (g if g is not None else torch.zeros_like(self.params[k])) for k, g in zip(names, grads)}
+
+    def _score(self, images, prompts):
+        return self.ctx.scorer.score(images, prompts).mean()
+
+    # ------------------------------------------------------------------ one step
+    def step(self, k: int) -> dict:
+        ctx, cfg = self.ctx, self.cfg
+        log = {}
+        if self.mask is None or (cfg.mask_every > 0 and k % cfg.mask_every == 0):
+            self.saliency_grads = self.saliency_gradients()
+            self.mask = concept_neuron_masks(self.saliency_grads, cfg.xi)
+            log["mask_updated"] = True
+            if mask_size(self.mask) == 0:
+                if k == 0:
+                    raise UserError(f"xi={cfg.xi} selects no concept neuron; lower --xi (the default is 2.0)")
+        forget, retain = ctx.preservation_loss(ctx.common.batch)
+        loss = forget + cfg.alpha * retain
+        reg = torch.zeros(())
+        if cfg.reg == "cip":
+            reg = cip_penalty(self.params, self.saliency_grads, self.mask)
+        elif cfg.reg == "csr":
+            rows, z_t, t = ctx.noised(ctx.target_latents, cfg.csr_batch)
+            cond = ctx.text([ctx.spec.targets[i] for i in ctx.target_idx[rows].tolist()])
+            reg = csr_penalty(lambda: ctx.eps(z_t, t, cond), self.params, self.mask, ctx.rng)
+        loss = loss + cfg.beta * reg
+        if not torch.isfinite(loss):
+            raise UserError(f"the loss became {loss.item()} at step {k}; lower --lr or --beta "
+                            "(the input model is untouched; --resume restarts from the last checkpoint)")
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.selective_update()
+        log.update(loss=loss.item(), forget_loss=forget.item(), retain_loss=retain.item(), reg_loss=reg.item())
+        return log
+
+    def selective_update(self) -> None:
+        """theta <- theta - Adam(m * grad L), with rows outside the mask restored bit for bit."""
+        before = {}
+        for name, p in self.params.items():
+            rows = self.mask[name]
+            if p.grad is not None:
+                p.grad[~rows] = 0
+            before[name] = p.detach().clone()
+        self.optimizer.step()
+        with torch.no_grad():
+            for name, p in self.params.items():
+                keep = ~self.mask[name]
+                p[keep] = before[name][keep]
+
+    # ------------------------------------------------------------------ resume
+    def state_dict(self) -> dict:
+        return {
+            "optimizer": self.optimizer.state_dict(),
+            "mask": self.mask,
+            "saliency_grads": self.saliency_grads,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.mask, self.saliency_grads = state["mask"], state["saliency_grads"]

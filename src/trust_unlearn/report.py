@@ -1,0 +1,58 @@
+"""What a person looks at after a run: a before/after image grid and curves over steps."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from trust_unlearn.pipeline import save_grid
+from trust_unlearn.utils import write_json
+
+
+def before_after_grid(before: torch.Tensor, after: torch.Tensor, prompts: list[str], path: Path) -> Path:
+    """Per prompt one row: its images before (left) | after (right)."""
+    per = len(before) // len(prompts)
+    gap = torch.ones(1, *before.shape[1:])
+    rows = []
+    for i in range(len(prompts)):
+        rows += [before[i * per : (i + 1) * per], gap, after[i * per : (i + 1) * per]]
+    labels = [f"{p[:38]}" for p in prompts]
+    return save_grid(torch.cat(rows), path, ncol=2 * per + 1, labels=labels)
+
+
+def curves(rows: list[dict], path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = [r["step"] for r in rows]
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.4))
+    for key in ("loss", "forget_loss", "retain_loss", "reg_loss"):
+        if any(key in r for r in rows):
+            axes[0].plot(steps, [r.get(key, float("nan")) for r in rows], label=key)
+    axes[0].set_yscale("symlog", linthresh=1e-3)
+    axes[0].set_title("losses")
+    axes[0].legend(fontsize=7)
+    if any("mask_size" in r for r in rows):
+        axes[1].plot(steps, [r.get("mask_size", float("nan")) for r in rows])
+        axes[2].plot(steps, [r.get("jaccard_prev", float("nan")) for r in rows], label="vs previous mask")
+        axes[2].plot(steps, [r.get("jaccard_first", float("nan")) for r in rows], label="vs first mask")
+        axes[2].set_ylim(0, 1.05)
+        axes[2].legend(fontsize=7)
+    axes[1].set_title("concept neurons (mask size)")
+    axes[2].set_title("mask drift (Jaccard)")
+    for ax in axes:
+        ax.set_xlabel("step")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def write_report(folder: Path, summary: dict, rows: list[dict], before: torch.Tensor, after: torch.Tensor, prompts: list[str]) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    write_json(folder / "summary.json", summary)
+    before_after_grid(before, after, prompts, folder / "before_after.png")
+    curves(rows, folder / "curves.png")

