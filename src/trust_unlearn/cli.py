@@ -189,6 +189,8 @@ def _unlearn_args(p):
     g = p.add_argument_group("common training options")
     for name, typ in (("steps", int), ("lr", float), ("batch", int), ("seed", int), ("guidance", float), ("cache-images", int)):
         g.add_argument(f"--{name}", type=typ, default=None)
+    p.add_argument("--method-arg", action="append", default=[], metavar="KEY=VALUE",
+                   help="any option of the chosen method's config (repeatable), e.g. --method-arg negative_guidance=1.0")
     t = p.add_argument_group("TRUST options")
     t.add_argument("--xi", type=float, default=None, help="z-score threshold for concept neurons (2.0)")
     t.add_argument("--beta", type=float, default=None, help="regulariser weight")
@@ -202,6 +204,19 @@ def _unlearn_args(p):
 
 _COMMON_FLAGS = ("steps", "lr", "batch", "seed", "guidance", "cache_images")
 _TRUST_FLAGS = ("xi", "beta", "alpha", "reg", "mask_every", "saliency_steps", "backprop_depth", "saliency_batch")
+
+
+def parse_key_values(items: list[str]) -> dict:
+    """KEY=VALUE pairs; values are read as YAML scalars (numbers, booleans, strings)."""
+    import yaml
+
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise UserError(f"--method-arg {item!r}: write KEY=VALUE")
+        out[key.strip().replace("-", "_")] = yaml.safe_load(value)
+    return out
 
 
 def unlearn_config_from_args(args):
@@ -218,7 +233,8 @@ def unlearn_config_from_args(args):
     if args.no_eval:
         cfg.evaluate = False
     cfg.common = {**cfg.common, **{k: getattr(args, k) for k in _COMMON_FLAGS if getattr(args, k) is not None}}
-    cfg.method_args = {**cfg.method_args, **{k: getattr(args, k) for k in _TRUST_FLAGS if getattr(args, k) is not None}}
+    cfg.method_args = {**cfg.method_args, **{k: getattr(args, k) for k in _TRUST_FLAGS if getattr(args, k) is not None},
+                       **parse_key_values(args.method_arg)}
     if args.out:
         cfg.out = args.out
     elif not args.config:
@@ -274,15 +290,29 @@ def cmd_apply_delta(args):
 # --------------------------------------------------------------------------------------- main
 ARGUMENTS = {"generate": _generate_args, "evaluate": _evaluate_args, "testbed": _testbed_args,
              "unlearn": _unlearn_args, "apply-delta": _apply_delta_args}
+# Commands that live in their own module: it defines HELP, add_arguments(parser) and run(args).
+MODULE_COMMANDS = {"attack": "trust_unlearn.attacks.cli", "bench": "trust_unlearn.bench.cli"}
 
 
 def build_parser() -> argparse.ArgumentParser:
+    import importlib
+
     parser = argparse.ArgumentParser(prog="trust", description="TRUST concept unlearning for diffusion models")
     sub = parser.add_subparsers(dest="command", required=True)
     for name, (fn, help_text) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
         ARGUMENTS[name](p)
         p.set_defaults(func=fn)
+    for name, module_name in MODULE_COMMANDS.items():
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as err:
+            if err.name and module_name.startswith(err.name):
+                continue  # not built yet
+            raise
+        p = sub.add_parser(name, help=module.HELP, description=module.HELP)
+        module.add_arguments(p)
+        p.set_defaults(func=module.run)
     return parser
 
 
