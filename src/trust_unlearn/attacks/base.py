@@ -57,7 +57,7 @@ def banned_words(concept: Concept) -> tuple[str, ...]:
 
 def is_banned(word: str, banned: tuple[str, ...]) -> bool:
     """A word is banned when it is, or extends, a concept word ("circle", "circles", "reddish")."""
-    return any(word == b or (word.startswith(b) and len(word) - len(b) <= 3) for b in banned)
+    return any(word == b or (word.startswith(b) and len(word) - len(b) <= 4) for b in banned)
 
 
 def contains_banned(prompt: str, banned: tuple[str, ...]) -> bool:
