@@ -1,0 +1,102 @@
+"""TRUST ablations, the questions the paper's reviewers asked, each a named method built on `Trust`.
+
+- `trust-static`: the concept-neuron mask is estimated once (step 0) and kept: static vs dynamic.
+- `trust-noise-saliency`: saliency from the noise-prediction loss, g = d||eps_theta(z_t,t,c_f) - eps||^2 / d theta_CA
+  on the original model's target images (SalUn's saliency signal), instead of the alignment score.
+- `trust-zero`: "zero the concept neurons" instead of CIP: every time the mask is estimated, its rows
+  are set to 0 (CIP's L1 pull on theta*g taken to its hard limit); then L_prev trains the masked rows
+  as in TRUST, with no regulariser.
+- `trust-noreg`: L_prev only (beta = 0, no CIP/CSR); dynamic mask and selective update unchanged.
+The xi x beta sensitivity is a sweep of `trust` itself (`trust bench --sweep`).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from trust_unlearn.methods import register_method
+from trust_unlearn.methods.base import RunContext
+from trust_unlearn.methods.trust import Trust, TrustConfig
+
+
+class _NeedsScorer:
+    """The engine loads the alignment scorer for `--method trust` only; variants that score load it here."""
+
+    def __init__(self, ctx: RunContext, cfg):
+        if getattr(ctx, "scorer", None) is None:
+            from trust_unlearn.scorers import load_scorer
+
+            ctx.scorer = load_scorer(None, ctx.model.is_testbed)
+        super().__init__(ctx, cfg)
+
+
+@dataclass
+class StaticConfig(TrustConfig):
+    mask_every: int = 0
+
+
+@register_method("trust-static")
+class TrustStatic(_NeedsScorer, Trust):
+    config_cls = StaticConfig
+
+
+@register_method("trust-noise-saliency")
+class TrustNoiseSaliency(Trust):
+    def saliency_gradients(self) -> dict[str, torch.Tensor]:
+        ctx, cfg = self.ctx, self.cfg
+        rows = torch.randint(0, len(ctx.target_latents), (cfg.saliency_batch,), generator=ctx.rng)
+        t = torch.randint(0, ctx.noise_scheduler.config.num_train_timesteps, (len(rows),), generator=ctx.rng)
+        noise = torch.randn(ctx.target_latents[rows].shape, generator=ctx.rng).to(ctx.target_latents)
+        z_t = ctx.noise_scheduler.add_noise(ctx.target_latents[rows], noise, t)
+        cond = ctx.text([ctx.spec.targets[i] for i in ctx.target_idx[rows].tolist()])
+        loss = F.mse_loss(ctx.eps(z_t, t.to(ctx.device), cond), noise)
+        names = list(self.params)
+        grads = torch.autograd.grad(loss, [self.params[k] for k in names], allow_unused=True)
+        return {k: (g if g is not None else torch.zeros_like(self.params[k])) for k, g in zip(names, grads)}
+
+
+@dataclass
+class ZeroConfig(TrustConfig):
+    reg: str = "none"
+
+
+@register_method("trust-zero")
+class TrustZero(_NeedsScorer, Trust):
+    config_cls = ZeroConfig
+
+    def step(self, k: int) -> dict:
+        cfg = self.cfg
+        if self.mask is not None and not (cfg.mask_every > 0 and k % cfg.mask_every == 0):
+            return super().step(k)
+        # estimate the mask exactly as TRUST does, zero its rows, then take TRUST's step with that mask
+        self.saliency_grads = self.saliency_gradients()
+        from trust_unlearn.neurons import concept_neuron_masks, mask_size
+
+        self.mask = concept_neuron_masks(self.saliency_grads, cfg.xi)
+        if k == 0 and mask_size(self.mask) == 0:
+            from trust_unlearn.errors import UserError
+
+            raise UserError(f"xi={cfg.xi} selects no concept neuron; lower --xi (the default is 2.0)")
+        with torch.no_grad():
+            for name, p in self.params.items():
+                p[self.mask[name]] = 0
+        every, cfg.mask_every = cfg.mask_every, 0  # the mask is fresh: let Trust.step reuse it
+        try:
+            log = super().step(k)
+        finally:
+            cfg.mask_every = every
+        log.update(mask_updated=True, zeroed=mask_size(self.mask))
+        return log
+
+
+@dataclass
+class NoRegConfig(TrustConfig):
+    reg: str = "none"
+    beta: float = 0.0
+
+
+@register_method("trust-noreg")
+class TrustNoReg(_NeedsScorer, Trust):
+    config_cls = NoRegConfig
