@@ -112,8 +112,9 @@ def _grid_images(model: LoadedModel, prompts: list[str], steps: int | None, seed
     return generate(model, reps, [k % seeds_per_prompt for k in range(len(reps))], num_inference_steps=steps, desc="grid")
 
 
-def run_unlearn(cfg: UnlearnConfig, resume: bool = False, overwrite: bool = False, on_step=None) -> dict:
-    """Run, resumably, and write the output folder. `on_step(k)` is called after each step (tests)."""
+def run_unlearn(cfg: UnlearnConfig, resume: bool = False, overwrite: bool = False, on_step=None, on_start=None) -> dict:
+    """Run, resumably, and write the output folder. `on_step(k)` is called after each step (tests);
+    `on_start(ctx, method)` once the method is built, before any image is cached (bench)."""
     out = Path(cfg.out).expanduser().resolve()
     _check_out(out, cfg.model, overwrite, resume)
     common = _typed(CommonConfig, cfg.common, "common")
@@ -144,6 +145,8 @@ def run_unlearn(cfg: UnlearnConfig, resume: bool = False, overwrite: bool = Fals
     method = method_cls(ctx, method_cfg)
     trainable = method.trainable()
     ctx.freeze_original(trainable)
+    if on_start is not None:
+        on_start(ctx, method)
     history = _History(list(trainable))
 
     grid_prompts = _grid_prompts(spec)
