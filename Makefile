@@ -12,13 +12,14 @@ $(BIN)/trust: pyproject.toml
 	# torch is pinned first, so no resolver ever picks another (a CUDA build of several GB)
 	$(BIN)/pip install -q torch==2.13.0
 	$(BIN)/pip install -q -e ".[test]"
+	# only CLIP's BPE vocabulary file is used from open_clip: no dependencies (no torchvision)
+	$(BIN)/pip install -q --no-deps open_clip_torch==3.3.0
 	touch $@
 
 setup: $(BIN)/trust
 
 demo: setup
-	$(BIN)/trust evaluate --concept circle --json runs/demo/evaluate.json
-	$(BIN)/trust generate --prompt "a red circle on a striped background" -n 16 --out runs/demo/red_circle.png
+	$(BIN)/trust unlearn --concept circle --out runs/demo-circle --overwrite --json runs/demo-circle.json
 
 test: setup
 	$(BIN)/python -m pytest

@@ -133,8 +133,11 @@ def _testbed_train(args):
     out = train_testbed(args.out, cfg)
     print(f"testbed weights in {out}")
     if args.install:
-        for item in ("vae", "unet", "scheduler", "judge.safetensors", "scorer.safetensors", "testbed.json", "train_config.json"):
-            src, dst = out / item, SHIPPED_WEIGHTS / item
+        SHIPPED_WEIGHTS.mkdir(parents=True, exist_ok=True)
+        for src in out.iterdir():
+            if src.name == "checkpoints":
+                continue
+            dst = SHIPPED_WEIGHTS / src.name
             if dst.is_dir():
                 shutil.rmtree(dst)
             (shutil.copytree if src.is_dir() else shutil.copy2)(src, dst)

@@ -122,6 +122,8 @@ def run_unlearn(cfg: UnlearnConfig, resume: bool = False, overwrite: bool = Fals
     method_cfg = _typed(method_cls.config_cls, cfg.method_args, cfg.method)
     if common.steps < 1:
         raise UserError("--steps must be at least 1")
+    if not (cfg.spec or cfg.spec_file or (cfg.concept or "").strip()):
+        raise UserError("empty concept: pass --concept TEXT (e.g. circle, 'red circle') or --spec FILE.yaml")
     model = load_model(cfg.model)
     spec = ConceptSpec(**cfg.spec).validate() if cfg.spec else resolve_spec(
         cfg.concept, cfg.anchor, cfg.retain, cfg.spec_file, model.is_testbed)

@@ -1,0 +1,39 @@
+"""The CLI: bad input gives one clear message and a non-zero exit, never a traceback."""
+import subprocess
+import sys
+
+import pytest
+
+from trust_unlearn.cli import main
+
+
+@pytest.mark.parametrize("argv,says", [
+    (["generate", "--model", "/no/such/model", "--prompt", "a red circle"], "does not exist"),
+    (["generate", "--model", "./missing-folder", "--prompt", "a red circle"], "does not exist"),
+    (["generate", "--prompt", "   "], "empty prompt"),
+    (["evaluate", "--concept", "hexagon"], "unknown concept word 'hexagon'"),
+    (["evaluate", "--concept", ""], "empty concept"),
+    (["unlearn", "--concept", ""], "empty concept"),
+    (["unlearn", "--model", "/no/such/model", "--concept", "circle"], "does not exist"),
+    (["unlearn", "--concept", "circle", "--method", "magic"], "unknown method"),
+    (["unlearn", "--concept", "circle", "--method-arg", "oops"], "KEY=VALUE"),
+    (["apply-delta", "--delta", "/no/delta.safetensors", "--out", "x"], "does not exist"),
+])
+def test_bad_input_is_one_clear_message(argv, says, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert says in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_model_folder_without_pipeline_is_explained(tmp_path, capsys):
+    assert main(["generate", "--model", str(tmp_path), "--prompt", "a circle"]) == 2
+    assert "not a diffusers pipeline folder" in capsys.readouterr().err
+
+
+def test_console_script_exits_non_zero_without_traceback():
+    proc = subprocess.run([sys.executable, "-m", "trust_unlearn.cli", "evaluate", "--concept", "hexagon"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert "error: unknown concept word" in proc.stderr and "Traceback" not in proc.stderr

@@ -1,0 +1,81 @@
+"""The shipped testbed: a genuine diffusers pipeline, its judge, export and the evaluation core."""
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from trust_unlearn.evaluate import EvalConfig, evaluate
+from trust_unlearn.judges import get_judge
+from trust_unlearn.pipeline import export_pipeline, generate, load_model
+from trust_unlearn.world.concepts import parse_concept
+from trust_unlearn.world.shapes import random_scenes, render
+
+
+@pytest.fixture(scope="module")
+def testbed():
+    return load_model("testbed")
+
+
+def test_testbed_is_a_stable_diffusion_pipeline(testbed):
+    from diffusers import AutoencoderKL, StableDiffusionPipeline, UNet2DConditionModel
+
+    pipe = testbed.pipe
+    assert isinstance(pipe, StableDiffusionPipeline)
+    assert isinstance(pipe.unet, UNet2DConditionModel) and isinstance(pipe.vae, AutoencoderKL)
+    assert pipe.tokenizer.model_max_length == 16
+    assert testbed.resolution == 32 and pipe.vae_scale_factor == 4
+
+
+def test_judge_is_accurate_on_fresh_samples():
+    g = torch.Generator().manual_seed(12345)  # not a training seed
+    scenes = random_scenes(1024, g)
+    readings = get_judge("shapes").read(render(scenes, g))
+    for attr in ("shape", "colour", "background"):
+        acc = sum(r[attr] == getattr(s, attr) for r, s in zip(readings, scenes)) / len(scenes)
+        assert acc >= 0.99, (attr, acc)
+
+
+def test_export_roundtrip_with_plain_diffusers(testbed, tmp_path):
+    out = export_pipeline(testbed, tmp_path / "exported")
+    ours = generate(testbed, ["a red circle on a striped background"] * 2, [7, 8], num_inference_steps=8)
+    script = f"""
+import sys, json, torch
+from diffusers import DiffusionPipeline
+pipe = DiffusionPipeline.from_pretrained({str(out)!r})
+assert not any(m.startswith("trust_unlearn") for m in sys.modules)
+lat = torch.stack([torch.randn((4, 8, 8), generator=torch.Generator().manual_seed(s)) for s in (7, 8)])
+img = pipe(["a red circle on a striped background"] * 2, latents=lat * pipe.scheduler.init_noise_sigma,
+           num_inference_steps=8, guidance_scale=2.5, height=32, width=32, output_type="pt").images
+torch.save(img, {str(tmp_path / "plain.pt")!r})
+print(type(pipe).__name__, type(pipe.text_encoder).__name__)
+"""
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
+                          env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "StableDiffusionPipeline BertModel" in proc.stdout
+    plain = torch.load(tmp_path / "plain.pt")
+    assert torch.allclose(plain, ours, atol=1e-4)
+
+
+def test_evaluate_on_a_tiny_setting(testbed, tmp_path, monkeypatch):
+    monkeypatch.setenv("TRUST_CACHE", str(tmp_path / "cache"))
+    cfg = EvalConfig(target_prompts=2, target_seeds=2, retain_seeds=1, num_inference_steps=6)
+    result = evaluate(testbed, parse_concept("red circle"), cfg, reference=testbed)
+    assert result["n_target_images"] == 4 and result["n_retain_images"] == 30
+    assert 0 <= result["forget_rate"] <= 1 and 0 <= result["retain_accuracy"] <= 1
+    assert "lookalike_retain_accuracy" in result
+    assert result["fd_judge"] == pytest.approx(0.0, abs=1e-3)  # the model against itself, same seeds
+    assert (tmp_path / "cache" / "reference").exists()
+    json.dumps(result)  # the CLI writes it as JSON
+
+
+def test_check_reports_bars_and_heldout(testbed):
+    from trust_unlearn.testbed.check import check_testbed
+
+    result = check_testbed(testbed, images_per_prompt=1, heldout_images=1)
+    assert set(result["in_vocabulary"]) == {"shape", "colour", "background"}
+    assert result["n_in_vocabulary"] == 16 and result["n_heldout"] == 64
+    assert all(0 <= v <= 1 for v in result["heldout"].values())
+    assert len(result["heldout_evoked"]) == 64
