@@ -54,8 +54,10 @@ METHOD_DEFAULTS = {
 }
 PROFILES = {
     # steps of trained methods; evaluation sizes; attack prompts
-    "full": {"steps": 60, "eval": {"target_prompts": 8, "target_seeds": 4, "retain_seeds": 2}, "checkpoints": 3},
-    "quick": {"steps": 12, "eval": {"target_prompts": 4, "target_seeds": 2, "retain_seeds": 1}, "checkpoints": 1},
+    "full": {"steps": 60, "eval": {"target_prompts": 8, "target_seeds": 4, "retain_seeds": 2}, "checkpoints": 3,
+             "common": {}},
+    "quick": {"steps": 12, "eval": {"target_prompts": 4, "target_seeds": 2, "retain_seeds": 1}, "checkpoints": 1,
+              "common": {"cache_images": 16, "cache_steps": 10}},
 }
 FORGET_TARGET, RETAIN_SLACK = 0.05, 0.03
 
@@ -177,7 +179,7 @@ def slug(text: str) -> str:
 def run_settings(label: str, cfg: BenchConfig, steps: int) -> tuple[str, dict, dict]:
     name, args = parse_method_label(label)
     base = METHOD_DEFAULTS.get(name, METHOD_DEFAULTS["trust"] if name.startswith("trust") else {})
-    common = {"steps": steps, "seed": cfg.seed, **base.get("common", {}), **cfg.common}
+    common = {"steps": steps, "seed": cfg.seed, **cfg.profile["common"], **base.get("common", {}), **cfg.common}
     if name in TRAINING_FREE:
         common["steps"] = 1  # the edit happens in step 0
     extra = cfg.overrides.get(label, {})
