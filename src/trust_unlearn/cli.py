@@ -254,6 +254,8 @@ def cmd_unlearn(args):
     if args.config and not args.out and not args.resume and not args.overwrite:
         raise UserError("re-running a saved config needs a new --out (or --overwrite)")
     summary = run_unlearn(cfg, resume=args.resume, overwrite=args.overwrite)
+    if summary["rank"] != 0:
+        return  # under `accelerate launch`, rank 0 reports
     rows = [("method", summary["method"]), ("concept", summary["concept"]), ("steps", str(summary["steps"])),
             ("wall-clock (training)", f"{summary['wall_clock_s']:.1f} s ({summary['seconds_per_step']:.2f} s/step)"),
             ("peak RSS", f"{summary['peak_rss_mb']:.0f} MB")]

@@ -11,7 +11,9 @@ While running, state lives in a sibling `.NAME.partial/` folder; `--resume` cont
 """
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import shutil
 import time
 from dataclasses import asdict, dataclass, field, fields
@@ -125,6 +127,9 @@ def run_unlearn(cfg: UnlearnConfig, resume: bool = False, overwrite: bool = Fals
     if not (cfg.spec or cfg.spec_file or (cfg.concept or "").strip()):
         raise UserError("empty concept: pass --concept TEXT (e.g. circle, 'red circle') or --spec FILE.yaml")
     model = load_model(cfg.model)
+    accelerator = _accelerator()
+    is_main = accelerator.is_main_process
+    model.pipe.to(accelerator.device)
     spec = ConceptSpec(**cfg.spec).validate() if cfg.spec else resolve_spec(
         cfg.concept, cfg.anchor, cfg.retain, cfg.spec_file, model.is_testbed)
     cfg.spec = spec.to_dict()
@@ -137,16 +142,22 @@ def run_unlearn(cfg: UnlearnConfig, resume: bool = False, overwrite: bool = Fals
 
     partial = out.with_name(f".{out.name}.partial")
     ckpt_path = partial / "checkpoint.pt"
-    if not resume and partial.exists():
-        shutil.rmtree(partial)
-    partial.mkdir(parents=True, exist_ok=True)
-    (partial / "config.yaml").write_text(yaml.safe_dump(asdict(cfg), sort_keys=False))
+    if is_main:
+        if not resume and partial.exists():
+            shutil.rmtree(partial)
+        partial.mkdir(parents=True, exist_ok=True)
+        (partial / "config.yaml").write_text(yaml.safe_dump(asdict(cfg), sort_keys=False))
+    accelerator.wait_for_everyone()
 
     ctx = RunContext(model, spec, common)
+    ctx.rank, ctx.world = accelerator.process_index, accelerator.num_processes
+    _check_divisible(ctx.world, common.batch, method_cfg)
     ctx.scorer = load_scorer(cfg.scorer, model.is_testbed) if cfg.method == "trust" or cfg.scorer else None
     method = method_cls(ctx, method_cfg)
     trainable = method.trainable()
     ctx.freeze_original(trainable)
+    if ctx.world > 1 and hasattr(method, "optimizer"):  # data parallel: mean gradient over ranks
+        method.optimizer.register_step_pre_hook(lambda *_: ctx.average_gradients(trainable.values()))
     if on_start is not None:
         on_start(ctx, method)
     history = _History(list(trainable))
@@ -168,24 +179,28 @@ def run_unlearn(cfg: UnlearnConfig, resume: bool = False, overwrite: bool = Fals
         if resume:
             print(f"[unlearn] nothing to resume in {partial}; starting fresh")
         before = {}
-        if cfg.evaluate and world is not None:
-            from trust_unlearn.evaluate import evaluate
+        if is_main:
+            if cfg.evaluate and world is not None:
+                from trust_unlearn.evaluate import evaluate
 
-            before = evaluate(model, world, reference=model)
-        save_file({"grid": _grid_images(model, grid_prompts, ctx.common.cache_steps)}, partial / "before_grid.safetensors")
-        write_json(partial / "before.json", before)
-        ctx.cache_original_images()
-        save_file({k: v.contiguous() for k, v in ctx.cache_tensors().items()}, partial / "cache.safetensors")
+                before = evaluate(model, world, reference=model)
+            save_file({"grid": _grid_images(model, grid_prompts, ctx.common.cache_steps)}, partial / "before_grid.safetensors")
+            write_json(partial / "before.json", before)
+        ctx.cache_original_images()  # deterministic: every rank holds the same images
+        if is_main:
+            save_file({k: v.contiguous() for k, v in ctx.cache_tensors().items()}, partial / "cache.safetensors")
+            (partial / "log.jsonl").write_text("")
         first_mask = prev_mask = None
         start = 0
-        (partial / "log.jsonl").write_text("")
+    accelerator.wait_for_everyone()
 
     log_path = partial / "log.jsonl"
-    lines = log_path.read_text().splitlines()[:start]
-    log_path.write_text("".join(line + "\n" for line in lines))
-    t_run = time.perf_counter()
-    with log_path.open("a") as log_file:
-        bar = progress(range(start, common.steps), desc=f"unlearn {cfg.method}", initial=start, total=common.steps, leave=True)
+    if is_main:
+        lines = log_path.read_text().splitlines()[:start]
+        log_path.write_text("".join(line + "\n" for line in lines))
+    with (log_path.open("a") if is_main else open(os.devnull, "w")) as log_file:
+        bar = progress(range(start, common.steps), desc=f"unlearn {cfg.method}", initial=start, total=common.steps,
+                       leave=True, disable=not is_main)
         for k in bar:
             t0 = time.perf_counter()
             row = method.step(k)
@@ -201,7 +216,7 @@ def run_unlearn(cfg: UnlearnConfig, resume: bool = False, overwrite: bool = Fals
             log_file.write(json.dumps(row) + "\n")
             log_file.flush()
             bar.set_postfix(loss=f"{row.get('loss', 0):.4f}", mask=row.get("mask_size", "-"))
-            if (k + 1) % cfg.checkpoint_every == 0 and k + 1 < common.steps:
+            if is_main and (k + 1) % cfg.checkpoint_every == 0 and k + 1 < common.steps:
                 save_checkpoint(ckpt_path, {
                     "params": {n: p.detach().clone() for n, p in trainable.items()}, "method": method.state_dict(),
                     "rng": ctx.rng.get_state(), "history": history.steps, "first_mask": first_mask,
@@ -209,11 +224,45 @@ def run_unlearn(cfg: UnlearnConfig, resume: bool = False, overwrite: bool = Fals
                 })
             if on_step is not None:
                 on_step(k)
-    train_seconds = time.perf_counter() - t_run
-    return _finish(cfg, model, ctx, world, history, partial, out, before, grid_prompts, train_seconds)
+    agree = _ranks_agree(accelerator, trainable, history)
+    summary = {"rank": ctx.rank, "world_size": ctx.world, "ranks_agree": agree}
+    if is_main:
+        summary.update(_finish(cfg, model, ctx, world, history, partial, out, before, grid_prompts, summary))
+    accelerator.wait_for_everyone()
+    return summary
 
 
-def _finish(cfg, model, ctx, world, history, partial, out, before, grid_prompts, train_seconds) -> dict:
+def _accelerator():
+    """accelerate's view of this process: one process, or one rank of `accelerate launch`."""
+    from accelerate import Accelerator
+
+    return Accelerator(cpu=not torch.cuda.is_available())
+
+
+def _check_divisible(world: int, batch: int, method_cfg) -> None:
+    sizes = {"batch": batch, **{k: getattr(method_cfg, k) for k in ("saliency_batch", "csr_batch") if hasattr(method_cfg, k)}}
+    bad = {k: v for k, v in sizes.items() if v % world}
+    if bad:
+        raise UserError(f"with {world} processes every batch size must divide evenly: {bad}; use multiples of {world}")
+
+
+def _ranks_agree(accelerator, trainable, history) -> bool:
+    """Data-parallel ranks must end with identical weights and masks; checked, and recorded."""
+    if accelerator.num_processes == 1:
+        return True
+    from accelerate.utils import gather_object
+
+    h = hashlib.sha256()
+    for name, p in trainable.items():
+        h.update(p.detach().cpu().numpy().tobytes())
+    for step in history.steps:
+        for name in history.names:
+            h.update(step[name].numpy().tobytes())
+    digests = gather_object([h.hexdigest()])
+    return len(set(digests)) == 1
+
+
+def _finish(cfg, model, ctx, world, history, partial, out, before, grid_prompts, parallel: dict) -> dict:
     from trust_unlearn.report import write_report
 
     rows = [json.loads(line) for line in (partial / "log.jsonl").read_text().splitlines()]
@@ -231,6 +280,7 @@ def _finish(cfg, model, ctx, world, history, partial, out, before, grid_prompts,
         "peak_rss_mb": peak_rss_mb(), "mean_mask_size": sum(masks) / len(masks) if masks else None,
         "n_trainable_rows": sum(p.shape[0] for p in ctx.original.values()),
         "before": {k: v for k, v in before.items() if not k.startswith("_")}, "after": after,
+        "world_size": parallel["world_size"], "ranks_agree": parallel["ranks_agree"],
     }
     with atomic_dir(out) as tmp:
         save_pipeline(model, tmp)

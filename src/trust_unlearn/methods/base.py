@@ -49,6 +49,29 @@ class RunContext:
         self.target_latents, self.target_idx = None, None
         self.retain_latents, self.retain_idx = None, None
         self.original: dict[str, torch.Tensor] = {}
+        self.rank, self.world = 0, 1  # data-parallel position (set by the engine under accelerate)
+
+    # ------------------------------------------------------------------ data parallel
+    def shard(self, x):
+        """This rank's contiguous slice of a global batch. Every rank draws the same global batch from the
+        same seeded RNG, so the ranks stay in step and together they see exactly the 1-process batch."""
+        if self.world == 1:
+            return x
+        per = len(x) // self.world
+        return x[self.rank * per : (self.rank + 1) * per]
+
+    def average(self, tensors: list[torch.Tensor]) -> None:
+        """All-reduce (mean) in place across ranks; a no-op in one process."""
+        if self.world == 1:
+            return
+        import torch.distributed as dist
+
+        for t in tensors:
+            dist.all_reduce(t, op=dist.ReduceOp.SUM)
+            t.div_(self.world)
+
+    def average_gradients(self, params) -> None:
+        self.average([p.grad for p in params if p.grad is not None])
 
     # ------------------------------------------------------------------ text
     @torch.no_grad()
@@ -104,10 +127,11 @@ class RunContext:
 
     # ------------------------------------------------------------------ sampling helpers
     def noised(self, latents: torch.Tensor, batch: int):
-        """A random batch z_t = noised latents, with the chosen rows, timesteps and noise."""
+        """A random batch z_t = noised latents, with the chosen rows, timesteps and noise (this rank's shard)."""
         rows = torch.randint(0, len(latents), (batch,), generator=self.rng)
         t = torch.randint(0, self.noise_scheduler.config.num_train_timesteps, (batch,), generator=self.rng)
         noise = torch.randn(latents[rows].shape, generator=self.rng)
+        rows, t, noise = self.shard(rows), self.shard(t), self.shard(noise)
         return rows, self.noise_scheduler.add_noise(latents[rows], noise.to(latents), t), t.to(self.device)
 
     def preservation_loss(self, batch: int) -> tuple[torch.Tensor, torch.Tensor]:

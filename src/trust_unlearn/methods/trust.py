@@ -88,12 +88,12 @@ class Trust:
         """g = dA/d theta_CA, A = alignment of images generated for target prompts with those prompts."""
         ctx, cfg = self.ctx, self.cfg
         picks = torch.randint(0, len(ctx.spec.targets), (cfg.saliency_batch,), generator=ctx.rng).tolist()
-        prompts = [ctx.spec.targets[i] for i in picks]
-        cond = torch.cat([ctx.uncond.expand(len(prompts), -1, -1), ctx.text(prompts)])
         size = ctx.model.resolution // ctx.pipe.vae_scale_factor
+        noise = torch.randn((len(picks), ctx.unet.config.in_channels, size, size), generator=ctx.rng)
+        prompts = [ctx.spec.targets[i] for i in ctx.shard(picks)]
+        cond = torch.cat([ctx.uncond.expand(len(prompts), -1, -1), ctx.text(prompts)])
         sched = ctx.ddim(cfg.saliency_steps)
-        latents = torch.randn((len(prompts), ctx.unet.config.in_channels, size, size), generator=ctx.rng).to(ctx.device)
-        latents = latents * sched.init_noise_sigma
+        latents = ctx.shard(noise).to(ctx.device) * sched.init_noise_sigma
         n = len(sched.timesteps)
         for i, t in enumerate(sched.timesteps):
             with torch.set_grad_enabled(i >= n - cfg.backprop_depth):
@@ -103,7 +103,9 @@ class Trust:
         alignment = self._score(ctx.decode(latents), prompts)
         names = list(self.params)
         grads = torch.autograd.grad(alignment, [self.params[k] for k in names], allow_unused=True)
-        return {k: (g if g is not None else torch.zeros_like(self.params[k])) for k, g in zip(names, grads)}
+        grads = {k: (g if g is not None else torch.zeros_like(self.params[k])) for k, g in zip(names, grads)}
+        self.ctx.average(list(grads.values()))  # every rank selects the same neurons
+        return grads
 
     def _score(self, images, prompts):
         return self.ctx.scorer.score(images, prompts).mean()

@@ -50,8 +50,8 @@ class TrainConfig:
     caption_dropout: float = 0.1
     snr_gamma: float = 5.0
     ema_decay: float = 0.998
-    judge_steps: int = 1500
-    scorer_steps: int = 1500
+    judge_steps: int = 800
+    scorer_steps: int = 800
     aux_batch: int = 128
     checkpoint_every: int = 200
     stages: list[str] = field(default_factory=lambda: list(STAGES))
