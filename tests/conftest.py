@@ -85,3 +85,22 @@ def tiny_run_config(tiny_model_dir, tiny_clip_dir, tmp_path):
         return UnlearnConfig(**cfg)
 
     return make
+
+
+def build_tiny_sd2_pipeline(seed: int = 0):
+    """SD 2.x shape: v-prediction and OpenCLIP-style text states (wider, GELU, penultimate-layer sized)."""
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    pipe = build_tiny_pipeline(seed)
+    torch.manual_seed(seed)
+    pipe.text_encoder = CLIPTextModel(CLIPTextConfig(vocab_size=49408, hidden_size=64, intermediate_size=96,
+                                                     num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=8,
+                                                     hidden_act="gelu", bos_token_id=49406, eos_token_id=49407,
+                                                     pad_token_id=0))
+    from diffusers import UNet2DConditionModel
+
+    config = dict(pipe.unet.config)
+    config.update(cross_attention_dim=64, attention_head_dim=(2, 4), use_linear_projection=True)
+    pipe.unet = UNet2DConditionModel.from_config(config)
+    pipe.scheduler = pipe.scheduler.__class__.from_config(pipe.scheduler.config, prediction_type="v_prediction")
+    return pipe

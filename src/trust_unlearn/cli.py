@@ -192,6 +192,9 @@ def _unlearn_args(p):
     g = p.add_argument_group("common training options")
     for name, typ in (("steps", int), ("lr", float), ("batch", int), ("seed", int), ("guidance", float), ("cache-images", int)):
         g.add_argument(f"--{name}", type=typ, default=None)
+    g.add_argument("--mixed-precision", choices=("no", "bf16", "fp16"), default=None, help="autocast the training step")
+    g.add_argument("--gradient-checkpointing", action="store_const", const=True, default=None)
+    g.add_argument("--attention-slicing", action="store_const", const=True, default=None)
     p.add_argument("--method-arg", action="append", default=[], metavar="KEY=VALUE",
                    help="any option of the chosen method's config (repeatable), e.g. --method-arg negative_guidance=1.0")
     t = p.add_argument_group("TRUST options")
@@ -203,10 +206,13 @@ def _unlearn_args(p):
     t.add_argument("--saliency-steps", type=int, default=None)
     t.add_argument("--backprop-depth", type=int, default=None)
     t.add_argument("--saliency-batch", type=int, default=None)
+    t.add_argument("--saliency-resolution", type=int, default=None, help="pixels of the saliency trajectory (model's)")
 
 
-_COMMON_FLAGS = ("steps", "lr", "batch", "seed", "guidance", "cache_images")
-_TRUST_FLAGS = ("xi", "beta", "alpha", "reg", "mask_every", "saliency_steps", "backprop_depth", "saliency_batch")
+_COMMON_FLAGS = ("steps", "lr", "batch", "seed", "guidance", "cache_images", "mixed_precision", "gradient_checkpointing",
+                 "attention_slicing")
+_TRUST_FLAGS = ("xi", "beta", "alpha", "reg", "mask_every", "saliency_steps", "backprop_depth", "saliency_batch",
+                "saliency_resolution")
 
 
 def parse_key_values(items: list[str]) -> dict:

@@ -122,14 +122,14 @@ def run_unlearn(cfg: UnlearnConfig, resume: bool = False, overwrite: bool = Fals
     common = _typed(CommonConfig, cfg.common, "common")
     method_cls = get_method(cfg.method)
     method_cfg = _typed(method_cls.config_cls, cfg.method_args, cfg.method)
-    if common.steps < 1:
-        raise UserError("--steps must be at least 1")
+    common.validate()
     if not (cfg.spec or cfg.spec_file or (cfg.concept or "").strip()):
         raise UserError("empty concept: pass --concept TEXT (e.g. circle, 'red circle') or --spec FILE.yaml")
     model = load_model(cfg.model)
     accelerator = _accelerator()
     is_main = accelerator.is_main_process
     model.pipe.to(accelerator.device)
+    common.apply_memory_knobs(model.pipe)
     spec = ConceptSpec(**cfg.spec).validate() if cfg.spec else resolve_spec(
         cfg.concept, cfg.anchor, cfg.retain, cfg.spec_file, model.is_testbed)
     cfg.spec = spec.to_dict()
@@ -203,7 +203,8 @@ def run_unlearn(cfg: UnlearnConfig, resume: bool = False, overwrite: bool = Fals
                        leave=True, disable=not is_main)
         for k in bar:
             t0 = time.perf_counter()
-            row = method.step(k)
+            with common.autocast(ctx.device):
+                row = method.step(k)
             mask = getattr(method, "mask", None)
             if mask is not None:
                 first_mask = first_mask if first_mask is not None else mask

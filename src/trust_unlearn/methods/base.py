@@ -29,6 +29,36 @@ class CommonConfig:
     guidance: float | None = None  # CFG for the original-model images and saliency (model default)
     cache_images: int = 32  # original-model images per prompt set (target, retain) for the losses
     cache_steps: int | None = None  # DDIM steps for those images (model default)
+    # memory and speed knobs for big models (see docs/scale.md)
+    mixed_precision: str = "no"  # no | bf16 | fp16: autocast for the training step
+    gradient_checkpointing: bool = False  # recompute UNet activations in backward: less memory, ~30 % slower
+    attention_slicing: bool = False  # sliced (math) attention: less peak memory, double-backward safe
+
+    def validate(self) -> "CommonConfig":
+        from trust_unlearn.errors import UserError
+
+        if self.mixed_precision not in ("no", "bf16", "fp16"):
+            raise UserError(f"mixed_precision must be no, bf16 or fp16, not {self.mixed_precision!r}")
+        if self.steps < 1 or self.batch < 1 or self.cache_images < 1:
+            raise UserError("steps, batch and cache_images must be at least 1")
+        if not self.lr > 0:
+            raise UserError(f"--lr must be positive, not {self.lr}")
+        return self
+
+    def autocast(self, device: torch.device):
+        """The autocast context of a training step (a no-op for mixed_precision='no')."""
+        import contextlib
+
+        if self.mixed_precision == "no":
+            return contextlib.nullcontext()
+        dtype = torch.bfloat16 if self.mixed_precision == "bf16" else torch.float16
+        return torch.autocast(device_type=device.type, dtype=dtype)
+
+    def apply_memory_knobs(self, pipe) -> None:
+        if self.gradient_checkpointing:
+            pipe.unet.enable_gradient_checkpointing()
+        if self.attention_slicing:
+            pipe.enable_attention_slicing("max")
 
 
 class RunContext:

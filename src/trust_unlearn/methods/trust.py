@@ -35,6 +35,7 @@ class TrustConfig:
     backprop_depth: int = 2  # back-propagate through the last K denoising steps only
     saliency_batch: int = 2  # trajectories per saliency estimate
     csr_batch: int = 2  # samples for the Hutchinson probe
+    saliency_resolution: int | None = None  # pixels of the saliency trajectory (None: the model's); lower = cheaper
 
     def validate(self) -> "TrustConfig":
         if self.reg not in REGULARISERS:
@@ -88,7 +89,7 @@ class Trust:
         """g = dA/d theta_CA, A = alignment of images generated for target prompts with those prompts."""
         ctx, cfg = self.ctx, self.cfg
         picks = torch.randint(0, len(ctx.spec.targets), (cfg.saliency_batch,), generator=ctx.rng).tolist()
-        size = ctx.model.resolution // ctx.pipe.vae_scale_factor
+        size = (cfg.saliency_resolution or ctx.model.resolution) // ctx.pipe.vae_scale_factor
         noise = torch.randn((len(picks), ctx.unet.config.in_channels, size, size), generator=ctx.rng)
         prompts = [ctx.spec.targets[i] for i in ctx.shard(picks)]
         cond = torch.cat([ctx.uncond.expand(len(prompts), -1, -1), ctx.text(prompts)])
