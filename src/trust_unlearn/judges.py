@@ -63,3 +63,7 @@ class ShapesJudge:
     @torch.no_grad()
     def features(self, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
         return torch.cat([self.net.features(self._prepare(images[i : i + batch_size])) for i in range(0, len(images), batch_size)])
+
+
+# the NudeNet judge registers itself as "nudenet" (its `nudenet` / onnxruntime imports happen lazily)
+from trust_unlearn import judges_nudenet  # noqa: E402,F401
