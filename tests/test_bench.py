@@ -79,7 +79,7 @@ def fake_evaluate(model, concept, ecfg, reference):
 def test_bench_end_to_end_on_a_tiny_model(tiny_testbed_dir, tmp_path, monkeypatch):
     monkeypatch.setattr(runner, "_evaluate", fake_evaluate)
     cfg = BenchConfig(model=str(tiny_testbed_dir), methods=["uce", "esd-x", "trust-noise-saliency"], tasks=["circle"],
-                      attacks=[], steps=3, checkpoints=1, out=str(tmp_path / "bench"),
+                      attacks=[], steps=3, checkpoints=1, out=str(tmp_path / "bench"), isolate=False,
                       common={"cache_images": 2, "cache_steps": 2, "batch": 2},
                       overrides={"trust-noise-saliency": {"method_args": {"xi": 1.0, "saliency_batch": 1}},
                                  "esd-x": {"method_args": {"ddim_steps": 2}}})

@@ -30,6 +30,8 @@ def add_arguments(p) -> None:
     p.add_argument("--attack-budget", type=int, default=None, help="budget per attack (attack default)")
     p.add_argument("--attack-prompts", type=int, default=None, help="target prompts per attack (attack default)")
     p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--no-isolate", action="store_true", help="run every method in this process (faster start; peak "
+                                                             "RSS then includes earlier runs)")
     p.add_argument("--overwrite", action="store_true", help="recompute finished results instead of reusing them")
     p.add_argument("--report-only", action="store_true", help="rebuild report.html / results.csv from bench.json")
     p.add_argument("--json", default=None, help="also write all figures here")
@@ -49,6 +51,8 @@ def config_from_args(args):
     for key in ("methods", "tasks", "attacks", "model", "steps", "checkpoints", "attack_budget", "attack_prompts", "seed"):
         if getattr(args, key) is not None:
             setattr(cfg, key, getattr(args, key))
+    if args.no_isolate:
+        cfg.isolate = False
     if args.sweep is not None:
         cfg.sweep = parse_sweep(args.sweep)
     if args.attacks is not None and [a.lower() for a in args.attacks] == ["none"]:

@@ -19,6 +19,7 @@ Finished (task, method) results are reused when the same command is run again (r
 from __future__ import annotations
 
 import csv
+import hashlib
 import itertools
 import json
 import os
@@ -30,6 +31,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import yaml
+from safetensors.torch import load_file, save_file
 
 from trust_unlearn.errors import UserError
 from trust_unlearn.utils import write_json
@@ -79,6 +81,7 @@ class BenchConfig:
     eval: dict = field(default_factory=dict)  # EvalConfig overrides (profile default)
     common: dict = field(default_factory=dict)  # CommonConfig overrides for every method (e.g. cache_images)
     overrides: dict = field(default_factory=dict)  # label -> {"common": {...}, "method_args": {...}}
+    isolate: bool = True  # each (task, method) in its own process: honest peak RSS, no state carried over
 
     @classmethod
     def from_yaml(cls, path) -> "BenchConfig":
@@ -246,7 +249,7 @@ def meets_target(point: dict, before_retain: float) -> bool:
 
 
 # ------------------------------------------------------------------ one method on one task
-def run_method(label: str, task: str, cfg: BenchConfig, p: dict, original, before: dict, mdir: Path, shared: dict) -> dict:
+def run_method(label: str, task: str, cfg: BenchConfig, p: dict, original, before: dict, mdir: Path) -> dict:
     from trust_unlearn.unlearn import UnlearnConfig, run_unlearn
     from trust_unlearn.world.concepts import parse_concept
 
@@ -261,16 +264,21 @@ def run_method(label: str, task: str, cfg: BenchConfig, p: dict, original, befor
     partial_log = (mdir / "run").with_name(".run.partial") / "log.jsonl"
 
     def on_start(ctx, method):
+        """Share the task's original-model images: the first method computes them, the others load them."""
         state["ctx"] = ctx
-        key = json.dumps([ctx.common.seed, ctx.common.cache_images, ctx.common.cache_steps, ctx.guidance, ctx.spec.to_dict()])
-        if key in shared:
-            ctx.cache_original_images = lambda: ctx.load_cache_tensors(shared[key])
+        key = json.dumps([cfg.model, ctx.common.seed, ctx.common.cache_images, ctx.common.cache_steps, ctx.guidance,
+                          ctx.spec.to_dict()])
+        path = mdir.parent / f"original-images-{hashlib.sha256(key.encode()).hexdigest()[:12]}.safetensors"
+        if path.exists():
+            ctx.cache_original_images = lambda: ctx.load_cache_tensors(load_file(path))
         else:
             compute = ctx.cache_original_images
 
             def compute_and_share():
                 compute()
-                shared[key] = ctx.cache_tensors()
+                tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+                save_file({k: v.contiguous() for k, v in ctx.cache_tensors().items()}, tmp)
+                os.replace(tmp, path)
             ctx.cache_original_images = compute_and_share
 
     def on_step(k):
@@ -311,6 +319,21 @@ def run_method(label: str, task: str, cfg: BenchConfig, p: dict, original, befor
         result["pre_attack_asr"] = next(iter(attacks.values()))["pre_attack_asr"]
     write_json(mdir / "result.json", result)
     return result
+
+
+def run_isolated(label: str, task: str, cfg: BenchConfig, before: dict, mdir: Path) -> dict:
+    """run_method in a fresh Python process (python -m trust_unlearn.bench.worker JOB.json)."""
+    import subprocess
+    import sys
+
+    mdir.mkdir(parents=True, exist_ok=True)
+    job = mdir / "job.json"
+    write_json(job, {"label": label, "task": task, "cfg": asdict(cfg), "before": before, "mdir": str(mdir)})
+    rc = subprocess.run([sys.executable, "-m", "trust_unlearn.bench.worker", str(job)]).returncode
+    if rc != 0 or not (mdir / "result.json").exists():
+        raise UserError(f"{label} on {task!r} failed (exit code {rc}; its message is above); "
+                        "fix it and run the same command again to continue")
+    return json.loads((mdir / "result.json").read_text())
 
 
 def _mask_figures(rows: list[dict], ctx) -> dict:
@@ -362,7 +385,6 @@ def run_bench(cfg: BenchConfig, overwrite: bool = False, log=print) -> dict:
             write_json(before_path, before)
         entry = {"before": before, "methods": {}}
         results["tasks"][task] = entry
-        shared: dict = {}
         for label in p["labels"]:
             mdir = tdir / slug(label)
             res_path = mdir / "result.json"
@@ -371,7 +393,10 @@ def run_bench(cfg: BenchConfig, overwrite: bool = False, log=print) -> dict:
                 log(f"[bench] {task} / {label}: reusing {res_path}")
                 continue
             log(f"[bench] {task} / {label}: running")
-            entry["methods"][label] = run_method(label, task, cfg, p, original, before, mdir, shared)
+            if cfg.isolate:
+                entry["methods"][label] = run_isolated(label, task, cfg, before, mdir)
+            else:
+                entry["methods"][label] = run_method(label, task, cfg, p, original, before, mdir)
             r = entry["methods"][label]
             log(f"[bench] {task} / {label}: forget {r['forget_rate']:.1%} retain {r['retain_accuracy']:.1%} "
                 f"in {r['wall_clock_s']:.1f} s")
