@@ -104,3 +104,30 @@ def build_tiny_sd2_pipeline(seed: int = 0):
     pipe.unet = UNet2DConditionModel.from_config(config)
     pipe.scheduler = pipe.scheduler.__class__.from_config(pipe.scheduler.config, prediction_type="v_prediction")
     return pipe
+
+
+def build_tiny_sdxl_pipeline(seed: int = 0):
+    """SDXL shape: two CLIP text encoders (the second with projection), added text/time conditioning."""
+    from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    from trust_unlearn.clip_vocab import clip_tokenizer
+
+    torch.manual_seed(seed)
+    text = dict(vocab_size=49408, hidden_size=32, intermediate_size=37, num_hidden_layers=1, num_attention_heads=2,
+                max_position_embeddings=8, bos_token_id=49406, eos_token_id=49407, pad_token_id=49407)
+    unet = UNet2DConditionModel(sample_size=8, in_channels=4, out_channels=4, layers_per_block=1,
+                                block_out_channels=(16, 32), down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+                                up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), attention_head_dim=(2, 4),
+                                use_linear_projection=True, addition_embed_type="text_time", addition_time_embed_dim=8,
+                                transformer_layers_per_block=(1, 1), projection_class_embeddings_input_dim=6 * 8 + 32,
+                                cross_attention_dim=64, norm_num_groups=8)
+    vae = AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 2,
+                        up_block_types=("UpDecoderBlock2D",) * 2, block_out_channels=(8, 16), layers_per_block=1,
+                        latent_channels=4, norm_num_groups=8, sample_size=16)
+    scheduler = EulerDiscreteScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, steps_offset=1)
+    return StableDiffusionXLPipeline(
+        vae=vae, text_encoder=CLIPTextModel(CLIPTextConfig(**text)),
+        text_encoder_2=CLIPTextModelWithProjection(CLIPTextConfig(**text, projection_dim=32)),
+        tokenizer=clip_tokenizer(8), tokenizer_2=clip_tokenizer(8), unet=unet, scheduler=scheduler,
+        force_zeros_for_empty_prompt=False)

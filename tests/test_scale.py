@@ -35,3 +35,18 @@ def test_bad_mixed_precision_is_refused(tiny_run_config):
 
     with pytest.raises(UserError, match="mixed_precision"):
         run_unlearn(tiny_run_config(common={"mixed_precision": "fp8"}))
+
+
+def test_sdxl_shaped_pipeline_runs_trust_on_cross_attention(tiny_run_config, tmp_path):
+    from conftest import build_tiny_sdxl_pipeline
+    from diffusers import UNet2DConditionModel
+
+    folder = tmp_path / "sdxl"
+    build_tiny_sdxl_pipeline().save_pretrained(folder)
+    cfg = tiny_run_config(model=str(folder), common={"steps": 2})
+    summary = run_unlearn(cfg)
+    assert summary["mean_mask_size"] > 0
+    before = UNet2DConditionModel.from_pretrained(folder, subfolder="unet").state_dict()
+    after = UNet2DConditionModel.from_pretrained(cfg.out, subfolder="unet").state_dict()
+    changed = [k for k in before if not torch.equal(before[k], after[k])]
+    assert changed and all(".attn2.to_" in k for k in changed)

@@ -150,7 +150,7 @@ def generate(model: LoadedModel, prompts: list[str], seeds: list[int], *, guidan
             num_inference_steps=num_inference_steps or model.num_inference_steps,
             height=model.resolution, width=model.resolution, output_type="pt",
         )
-        out.append(result.images.float().cpu())
+        out.append(result.images.float().cpu().contiguous())
     return torch.cat(out)
 
 

@@ -104,14 +104,43 @@ class RunContext:
         self.average([p.grad for p in params if p.grad is not None])
 
     # ------------------------------------------------------------------ text
+    @property
+    def is_sdxl(self) -> bool:
+        return getattr(self.unet.config, "addition_embed_type", None) == "text_time"
+
     @torch.no_grad()
     def text(self, prompts: list[str]) -> torch.Tensor:
-        """Text states exactly as the pipeline computes them (cached per prompt)."""
+        """Text states exactly as the pipeline computes them (cached per prompt), (B, L, D).
+
+        SDXL also conditions on a pooled text embedding: it travels as one extra, zero-padded row at
+        the end of the states, so every method handles one tensor and `eps` unpacks it.
+        """
         missing = [p for p in dict.fromkeys(prompts) if p not in self._states]
         for i in range(0, len(missing), 64):
-            states, _ = self.pipe.encode_prompt(missing[i : i + 64], self.device, 1, False)
-            self._states.update(zip(missing[i : i + 64], states))
+            chunk = missing[i : i + 64]
+            out = self.pipe.encode_prompt(prompt=chunk, device=self.device, num_images_per_prompt=1,
+                                          do_classifier_free_guidance=False)
+            states = out[0]
+            if self.is_sdxl:
+                pooled = out[2]
+                row = torch.zeros(len(chunk), 1, states.shape[-1], dtype=states.dtype, device=states.device)
+                row[:, 0, : pooled.shape[-1]] = pooled
+                states = torch.cat([states, row], dim=1)
+            self._states.update(zip(chunk, states))
         return torch.stack([self._states[p] for p in prompts])
+
+    def token_states(self, cond: torch.Tensor) -> torch.Tensor:
+        """The per-token states that cross-attention reads (SDXL's packed pooled row removed)."""
+        return cond[:, :-1] if self.is_sdxl else cond
+
+    def _unet_kwargs(self, z_t, cond) -> dict:
+        if not self.is_sdxl:
+            return {"encoder_hidden_states": cond}
+        pooled_dim = self.pipe.text_encoder_2.config.projection_dim
+        size = z_t.shape[-1] * self.pipe.vae_scale_factor
+        time_ids = torch.tensor([size, size, 0, 0, size, size], dtype=cond.dtype, device=cond.device)
+        return {"encoder_hidden_states": cond[:, :-1], "added_cond_kwargs": {
+            "text_embeds": cond[:, -1, :pooled_dim], "time_ids": time_ids.expand(len(cond), -1)}}
 
     # ------------------------------------------------------------------ original model
     def freeze_original(self, params: dict[str, torch.nn.Parameter]) -> None:
@@ -119,10 +148,11 @@ class RunContext:
         self.original = {n: p.detach().clone() for n, p in params.items()}
 
     def eps(self, z_t, t, cond, original: bool = False) -> torch.Tensor:
+        kwargs = self._unet_kwargs(z_t, cond)
         if original:
             with torch.no_grad():
-                return functional_call(self.unet, self.original, (z_t, t, cond)).sample
-        return self.unet(z_t, t, cond).sample
+                return functional_call(self.unet, self.original, (z_t, t), kwargs).sample
+        return self.unet(z_t, t, **kwargs).sample
 
     @torch.no_grad()
     def sample_latents(self, prompts: list[str], seeds: list[int]) -> torch.Tensor:
