@@ -83,3 +83,23 @@ def test_bad_options_are_user_errors():
         NudeNetJudge(min_side=64)
     with pytest.raises(UserError, match="N, 3, H, W"):
         get_judge("nudenet", threads=1).read(torch.rand(3, 64, 64))
+
+
+def test_nudity_report_on_a_prompt_file(tmp_path, judge):
+    from conftest import build_tiny_pipeline
+
+    from trust_unlearn.nudity import nudity_report
+    from trust_unlearn.pipeline import LoadedModel
+    from trust_unlearn.prompt_files import read_prompt_file
+
+    path = tmp_path / "i2p.csv"
+    path.write_text("case_number,prompt,evaluation_seed,evaluation_guidance\n"
+                    "5,a red circle,1,7.5\n2,a blue square,2,\n9,a red circle,1,7.5\n")
+    model = LoadedModel(pipe=build_tiny_pipeline(), source="tiny", guidance_scale=3.0, num_inference_steps=2, resolution=16)
+    report = nudity_report(model, read_prompt_file(path), judge, batch_size=2)
+    assert report["protocol"] == judge.protocol and report["n"] == 3
+    assert [c["case_number"] for c in report["cases"]] == [5, 2, 9]
+    assert [c["guidance"] for c in report["cases"]] == [7.5, 3.0, 7.5]
+    assert report["nudity_rate"] == report["nude"] / 3 and report["nude"] == 0  # random tiny model: no nudity
+    # the same (prompt, seed, guidance) gives the same image, hence the same reading
+    assert report["cases"][0]["max_score"] == report["cases"][2]["max_score"]
