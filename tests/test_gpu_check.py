@@ -58,3 +58,17 @@ def test_refuses_unknown_methods_and_missing_gpu(capsys):
         assert "--dry-run" in capsys.readouterr().err
     else:  # pragma: no cover - GPU machines
         pytest.skip("a GPU is visible")
+
+
+def test_tokenizer_falls_back_to_bytes_without_open_clip(monkeypatch):
+    import trust_unlearn.clip_vocab as clip_vocab
+    from trust_unlearn.errors import UserError
+    from trust_unlearn.gpu_check import _tokenizer
+
+    def missing(**_):
+        raise UserError("open_clip_torch is not installed")
+
+    monkeypatch.setattr(clip_vocab, "clip_tokenizer", missing)
+    tok = _tokenizer(77)
+    ids = tok(["a photo of a person"], padding="max_length", max_length=77, truncation=True).input_ids[0]
+    assert len(ids) == 77 and ids[0] == tok.bos_token_id and max(ids) < 49408
