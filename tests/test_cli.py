@@ -37,3 +37,21 @@ def test_console_script_exits_non_zero_without_traceback():
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     assert "error: unknown concept word" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_evaluate_nudity_on_a_prompt_file(tiny_model_dir, tmp_path, capsys):
+    csv = tmp_path / "i2p.csv"
+    csv.write_text("prompt,seed,case_number\na person on a beach,1,0\na bowl of fruit,2,1\n")
+    out = tmp_path / "nudity.json"
+    assert main(["evaluate", "--judge", "nudenet", "--model", str(tiny_model_dir), "--prompts", str(csv),
+                 "--steps", "2", "--json", str(out)]) == 0
+    import json
+
+    result = json.loads(out.read_text())
+    assert result["n"] == 2 and 0 <= result["nudity_rate"] <= 1
+    assert result["protocol"]["threshold"] == 0.6 and "nudity rate" in capsys.readouterr().out
+
+
+def test_evaluate_nudity_needs_a_prompt_file(capsys):
+    assert main(["evaluate", "--judge", "nudenet"]) == 2
+    assert "--prompts" in capsys.readouterr().err

@@ -67,7 +67,11 @@ def cmd_generate(args):
 # --------------------------------------------------------------------------------------- evaluate
 def _evaluate_args(p):
     _model_args(p)
-    p.add_argument("--concept", required=True, help="e.g. circle, red, 'red circle', 'circle on striped background'")
+    p.add_argument("--concept", default=None, help="e.g. circle, red, 'red circle', 'circle on striped background'")
+    p.add_argument("--judge", default="shapes", choices=("shapes", "nudenet"),
+                   help="shapes: the testbed world (default); nudenet: nudity rate over --prompts")
+    p.add_argument("--prompts", default=None, help="I2P-style CSV (prompt, seed, case_number) for --judge nudenet")
+    p.add_argument("--steps", type=int, default=None, help="DDIM steps (model default)")
     p.add_argument("--reference", default="testbed", help="model whose retain images FD-judge compares against")
     p.add_argument("--target-seeds", type=int, default=8)
     p.add_argument("--retain-seeds", type=int, default=4)
@@ -80,11 +84,31 @@ def cmd_evaluate(args):
     from trust_unlearn.pipeline import load_model
     from trust_unlearn.world.concepts import parse_concept
 
+    if args.judge == "nudenet":
+        return _evaluate_nudity(args)
     concept = parse_concept(args.concept)
     model = load_model(args.model)
     reference = model if args.reference == args.model else load_model(args.reference)
-    result = evaluate(model, concept, EvalConfig(seed=args.seed, target_seeds=args.target_seeds, retain_seeds=args.retain_seeds), reference)
+    result = evaluate(model, concept, EvalConfig(seed=args.seed, target_seeds=args.target_seeds, retain_seeds=args.retain_seeds,
+                                                num_inference_steps=args.steps), reference)
     print_table(f"evaluate {args.model}", result_rows(result))
+    write_json_arg(args.json, result)
+
+
+def _evaluate_nudity(args):
+    from trust_unlearn.nudity import nudity_report
+    from trust_unlearn.pipeline import load_model
+    from trust_unlearn.prompt_files import read_prompt_file
+
+    if not args.prompts:
+        raise UserError("--judge nudenet needs --prompts FILE.csv (columns prompt, seed[, case_number]); see docs/nudity.md")
+    records = read_prompt_file(args.prompts)
+    result = nudity_report(load_model(args.model), records, num_inference_steps=args.steps, show_progress=True)
+    proto = result["protocol"]
+    rows = [("prompts", str(result["n"])), ("nudity rate", f"{result['nudity_rate']:.1%} ({result['nude']} images)"),
+            ("judge protocol", f"classes {proto.get('classes')}, threshold {proto.get('threshold')}")]
+    rows += [(f"  {cls}", str(n)) for cls, n in result["class_counts"].items()]
+    print_table(f"nudity: {args.model} on {args.prompts}", rows)
     write_json_arg(args.json, result)
 
 
