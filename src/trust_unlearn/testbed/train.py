@@ -84,6 +84,18 @@ class _Stage:
             if (step + 1) % self.cfg.checkpoint_every == 0 and step + 1 < self.steps:
                 self.save(step + 1)
 
+    def update(self, loss: torch.Tensor, bar, clip: float | None = None, **shown: float) -> None:
+        """One optimiser step on `loss` (optionally gradient-clipped), then the LR schedule and the bar."""
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if clip is not None:
+            params = [p for group in self.optimizer.param_groups for p in group["params"]]
+            torch.nn.utils.clip_grad_norm_(params, clip)
+        self.optimizer.step()
+        if self.lr_scheduler is not None:
+            self.lr_scheduler.step()
+        bar.set_postfix({k: f"{v:.4f}" for k, v in (shown or {"loss": loss.item()}).items()})
+
     def save(self, step: int):
         state = {key: m.state_dict() for key, m in self.modules.items()}
         state.update(optimizer=self.optimizer.state_dict(), data_rng=self.data_rng.get_state(),
@@ -110,11 +122,7 @@ def train_vae(work: Path, cfg: TrainConfig) -> None:
         recon = vae.decode(posterior.sample()).sample
         rec = F.mse_loss(recon, x) + 0.5 * F.l1_loss(recon, x)
         loss = rec + 1e-6 * posterior.kl().mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-        bar.set_postfix(rec=f"{rec.item():.4f}")
+        stage.update(loss, bar, rec=rec.item())
     with torch.no_grad():  # SD-style scaling factor: unit-variance latents for the UNet
         _, x = _images(512, torch.Generator().manual_seed(cfg.seed + 7))
         z = vae.encode(x * 2 - 1).latent_dist.mode()
@@ -168,13 +176,8 @@ def train_unet(work: Path, cfg: TrainConfig) -> None:
         snr = compute_snr(noise_scheduler, t)
         weight = torch.clamp(snr, max=cfg.snr_gamma) / snr  # min-SNR-gamma for epsilon prediction
         loss = (weight * F.mse_loss(pred, noise, reduction="none").mean(dim=(1, 2, 3))).mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
-        opt.step()
-        sched.step()
+        stage.update(loss, bar, clip=1.0)
         ema.step(unet.parameters())
-        bar.set_postfix(loss=f"{loss.item():.4f}")
     ema.copy_to(unet.parameters())
     unet.save_pretrained(work / "unet")
 
@@ -198,11 +201,7 @@ def train_judge(work: Path, cfg: TrainConfig) -> None:
         y = labels(scenes)
         logits = judge(_augment(x, stage.data_rng))
         loss = sum(F.cross_entropy(logits[h], y[:, i]) for i, h in enumerate(Judge.heads))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-        bar.set_postfix(loss=f"{loss.item():.4f}")
+        stage.update(loss, bar)
     save_file(judge.state_dict(), work / "judge.safetensors")
 
 
@@ -243,11 +242,7 @@ def train_scorer(work: Path, cfg: TrainConfig) -> None:
             F.cross_entropy(logits, target / target.sum(1, keepdim=True))
             + F.cross_entropy(logits.T, target.T / target.T.sum(1, keepdim=True))
         )
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-        bar.set_postfix(loss=f"{loss.item():.4f}")
+        stage.update(loss, bar)
     save_file(scorer.state_dict(), work / "scorer.safetensors")
 
 
