@@ -74,7 +74,7 @@ def _evaluate_args(p):
     p.add_argument("--steps", type=int, default=None, help="DDIM steps (model default)")
     p.add_argument("--reference", default="testbed", help="model whose retain images FD-judge compares against")
     p.add_argument("--target-seeds", type=int, default=8)
-    p.add_argument("--retain-seeds", type=int, default=4)
+    p.add_argument("--retain-seeds", type=int, default=8)
     p.add_argument("--json", default=None, help="also write the figures here")
 
 

@@ -26,7 +26,7 @@ from trust_unlearn.world.concepts import Concept, prompt_set, retain_scenes, tar
 class EvalConfig:
     target_prompts: int = 12  # captions of the concept (cycled over its scenes and templates)
     target_seeds: int = 8  # images per target caption
-    retain_seeds: int = 4  # images per retain scene
+    retain_seeds: int = 8  # images per retain scene (paired seeds: before and after see the same noise)
     seed: int = 0
     num_inference_steps: int | None = None  # model default (25 on the testbed)
     guidance_scale: float | None = None
