@@ -158,3 +158,11 @@ def test_report_only_rebuilds_from_bench_json(tmp_path):
     write_json(tmp_path / "bench.json", tiny_results(tmp_path))
     assert main(["bench", "--report-only", "--out", str(tmp_path)]) == 0
     assert (tmp_path / "report.html").exists()
+
+
+def test_an_isolated_run_that_fails_names_the_method_and_task(tiny_model_dir, tmp_path):
+    from trust_unlearn.bench.runner import run_isolated
+
+    cfg = BenchConfig(model=str(tiny_model_dir), methods=["uce"], tasks=["circle"], attacks=[], out=str(tmp_path))
+    with pytest.raises(UserError, match="uce on 'circle' failed"):
+        run_isolated("uce", "circle", cfg, {"retain_accuracy": 1.0}, tmp_path / "tasks" / "circle" / "uce")
