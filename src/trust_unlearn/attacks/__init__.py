@@ -102,7 +102,8 @@ def run_attack_suite(model: LoadedModel, original: LoadedModel, concept, attacks
     pre_asr = sum(r["success"] for r in pre) / len(pre)
     results = {}
     for name in names:
-        attack = get_attack(name)(model, original, concept, budget=budget, seed=seed, quick=quick, targets=targets)
+        attack = get_attack(name)(model, original, concept, budget=budget, seed=seed, quick=quick, targets=targets,
+                                       judge=judge)
         if name == "paraphrase" and paraphrases is not None:
             attack.user_prompts = paraphrases
         start = time.perf_counter()
@@ -120,6 +121,8 @@ def run_attack_suite(model: LoadedModel, original: LoadedModel, concept, attacks
             "asr": sum(r["success"] for r in rows) / len(rows), "pre_attack_asr": pre_asr,
             "seconds": seconds, "search_seconds": search_s, "n_prompts": len(targets),
             "prompts": [r["prompt"] for r in rows], "targets": targets,
+            "mean_concept_share": sum(r["share"] for r in rows) / len(rows),
+            "pre_attack_mean_share": sum(r["share"] for r in pre) / len(pre),
             "concept_share": [r["share"] for r in rows], "success": [r["success"] for r in rows],
             "pre_attack_share": [r["share"] for r in pre], "candidates_tried": [r["tried"] for r in rows],
             "protocol": {"seeds_per_prompt": protocol.seeds_per_prompt, "success_share": protocol.success_share,

@@ -19,8 +19,8 @@ def add_arguments(p) -> None:
     p.add_argument("--prompts", type=int, default=None, help="number of target prompts (default 10; --quick 2)")
     p.add_argument("--prompts-file", default=None, help="paraphrase attack: candidate prompts, one per line (real models)")
     p.add_argument("--seeds-per-prompt", type=int, default=4, help="images per candidate prompt for the ASR (4)")
-    p.add_argument("--success-share", type=float, default=0.5,
-                   help="a candidate succeeds when at least this share of its images show the concept (0.5)")
+    p.add_argument("--success-share", type=float, default=0.25,
+                   help="a candidate succeeds when at least this share of its images show the concept (0.25: 1 of 4)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quick", action="store_true", help="tiny budgets and 2 prompts: a smoke test")
     p.add_argument("--out", default=None, help="folder for CSV / PNG / JSON (default runs/attack-CONCEPT)")
@@ -81,7 +81,8 @@ def run(args) -> None:
 
 
 def _rows(results: dict, prefix: str = "") -> list[tuple[str, str]]:
-    return [(f"{prefix}{name}", f"pre-attack ASR {r['pre_attack_asr']:6.1%}   ASR {r['asr']:6.1%}   "
+    return [(f"{prefix}{name:<14}", f"pre-attack ASR {r['pre_attack_asr']:6.1%}   ASR {r['asr']:6.1%}   "
+             f"(images with concept {r['pre_attack_mean_share']:6.1%} -> {r['mean_concept_share']:6.1%})   "
              f"{r['n_prompts']} prompts   budget {r['budget']} {r['budget_unit']}   {r['seconds']:6.1f} s")
             for name, r in results.items()]
 

@@ -7,6 +7,10 @@ the concept prompt means); the adversarial prompt goes through the *attacked* mo
 (an unlearned text encoder must be beaten, not bypassed). Each step: the gradient w.r.t. the one-hot
 token choice ranks the top-k replacements per position; a batch of single-token swaps is evaluated
 exactly and the best kept. Tokens are whole words of the vocabulary minus the concept's words.
+The search starts from the target prompt's own (allowed) words with random tokens in place of the
+concept's words, plus one random token; the objective compares the text states position by position
+(`objective = "sequence"`, what the UNet's cross-attention reads; `"pooled"` is MMA's pooled-embedding
+variant, weaker on the testbed).
 """
 from __future__ import annotations
 
@@ -20,32 +24,47 @@ from trust_unlearn.attacks.base import Attack, TextOps, register_attack
 class MMA(Attack):
     kind = "white-box on the text encoder only"
     budget_unit = "GCG steps"
-    default_budget = 60
+    default_budget = 30
     quick_budget = 2
     top_k = 64
-    n_candidates = 64
+    n_candidates = 48
+    objective = "sequence"  # or "pooled"
+    extra_tokens = 1
 
     def candidates(self, target_prompt: str, index: int) -> list[str]:
         gen = self.generator(index)
         text = self.text
         n = max(1, min(10, text.max_length - 2))
-        target = TextOps(self.original.pipe).states([target_prompt]).mean(1)  # (1, d)
+        target_states = TextOps(self.original.pipe).states([target_prompt])  # (1, L, d)
+        n = max(1, min(n, len(text.tokenizer(target_prompt, add_special_tokens=False).input_ids) + self.extra_tokens))
+
+        def objective(states):  # per row: 1 - similarity to the target
+            if self.objective == "pooled":
+                return 1 - F.cosine_similarity(states.mean(1), target_states.mean(1))
+            return 1 - F.cosine_similarity(states, target_states, dim=-1).mean(1)
+
         allowed = self.text.allowed(self.banned)
         table = text.embedding.weight.detach()
-        positions = list(range(1, n + 1))
 
         def losses(rows: torch.Tensor) -> torch.Tensor:
             ids, mask = text.ids_from_tokens(rows.tolist())
             with torch.no_grad():
-                return 1 - F.cosine_similarity(text.encode(ids, mask).mean(1), target)
+                return objective(text.encode(ids, mask))
 
+        positions = list(range(1, n + 1))
+        # warm start: the target prompt's own words, its concept words (and any non-word token) drawn at random
+        allowed_set = set(allowed.tolist())
         cur = allowed[torch.randint(0, len(allowed), (n,), generator=gen)]
+        own = text.tokenizer(target_prompt, add_special_tokens=False).input_ids[:n]
+        for k, tok in enumerate(own):
+            if tok in allowed_set:
+                cur[k] = tok
         cur_loss = float(losses(cur[None])[0])
         ids, mask = text.ids_from_tokens([cur.tolist()])
         bar = getattr(self, "bar", None)
         for _ in range(self.budget):
             emb = table[cur].clone().requires_grad_(True)
-            loss = 1 - F.cosine_similarity(text.encode(ids, mask, positions, emb).mean(1), target).sum()
+            loss = objective(text.encode(ids, mask, positions, emb)).sum()
             (grad,) = torch.autograd.grad(loss, emb)
             scores = -grad @ table[allowed].T  # first-order decrease of the loss per (position, token)
             top = allowed[scores.topk(min(self.top_k, len(allowed)), dim=-1).indices]  # (n, k)

@@ -23,7 +23,8 @@ def concept_latents(attack: Attack, prompt: str, index: int, n_images: int) -> t
     if attack.original.is_testbed:
         from trust_unlearn.judges import get_judge
 
-        readings = get_judge("shapes").read(decode_latents(attack.original, z0))
+        judge = attack.judge if attack.judge is not None else get_judge("shapes")
+        readings = judge.read(decode_latents(attack.original, z0))
         keep = [k for k, r in enumerate(readings) if attack.concept.matches(r)]
         if keep:
             z0 = z0[keep]
