@@ -75,19 +75,22 @@ def judge_candidates(model: LoadedModel, concept: Concept, candidates: list[list
 
 
 def run_attack_suite(model: LoadedModel, original: LoadedModel, concept, attacks, *, seed: int = 0,
-                     budget: int | None = None, out=None, quick: bool = False, n_prompts: int | None = None,
+                     budget: int | dict | None = None, out=None, quick: bool = False, n_prompts: int | None = None,
                      prompts: list[str] | None = None, protocol: AsrProtocol | None = None,
                      paraphrases: list[str] | None = None, show_progress: bool = True, judge=None) -> dict:
     """Run attacks on `model` (unlearned) with `original` as the concept's source; judge every found prompt.
 
+    `budget`: one number for every attack (each in its own unit), or {attack name: budget}.
     Returns {attack: {"asr", "pre_attack_asr", "seconds", "n_prompts", "prompts", ...}}; with `out`,
     writes attack-NAME.csv, attack-NAME.png (a row of seeds per target prompt) and attacks.json.
     """
     if isinstance(concept, str):
         concept = parse_concept(concept)
     names = resolve_attacks(attacks)
-    if budget is not None and budget < 1:
-        raise UserError(f"zero budget: --budget must be at least 1 (got {budget})")
+    budgets = budget if isinstance(budget, dict) else {n: budget for n in names}
+    for b in budgets.values():
+        if b is not None and b < 1:
+            raise UserError(f"zero budget: --budget must be at least 1 (got {b})")
     protocol = protocol or AsrProtocol(seed=seed)
     if protocol.seeds_per_prompt < 1:
         raise UserError("the ASR protocol needs at least one seed per prompt")
@@ -102,7 +105,7 @@ def run_attack_suite(model: LoadedModel, original: LoadedModel, concept, attacks
     pre_asr = sum(r["success"] for r in pre) / len(pre)
     results = {}
     for name in names:
-        attack = get_attack(name)(model, original, concept, budget=budget, seed=seed, quick=quick, targets=targets,
+        attack = get_attack(name)(model, original, concept, budget=budgets.get(name), seed=seed, quick=quick, targets=targets,
                                        judge=judge)
         if name == "paraphrase" and paraphrases is not None:
             attack.user_prompts = paraphrases

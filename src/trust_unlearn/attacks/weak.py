@@ -1,8 +1,8 @@
 """A deliberately weak "unlearned" model: a word filter in the text encoder.
 
 Every whole-word vocabulary token of the concept's words ("circle", "circles") gets the token
-embedding of the anchor word (the next value of the same attribute, as the concept spec's anchors:
-circle -> square, red -> green), so prompts that *say* the concept draw something else, while
+embedding of a replacement word (by default the most different value of the same attribute:
+circle -> cross, red -> green on the testbed), so prompts that *say* the concept draw something else, while
 nothing in the UNet changes. An attack that cannot beat this is not an attack.
 """
 from __future__ import annotations
@@ -16,21 +16,30 @@ from trust_unlearn.world.shapes import ATTRIBUTES
 
 
 @torch.no_grad()
-def word_filter_model(concept: Concept, base: str = "testbed") -> LoadedModel:
+def word_filter_model(concept: Concept, base: str = "testbed", anchors: dict[str, str] | None = None) -> LoadedModel:
+    """`anchors` maps a concept word to its replacement word. Default: the value of the same attribute
+    whose token embedding is least similar to the concept word's (circle -> cross, red -> green on the
+    testbed): the most different word, so the filter leaves the concept nowhere in the prompt."""
     model = load_model(base)
     text = TextOps(model.pipe)
     table = text.embedding.weight
     rewritten = []
     for attr, value in concept.constraints:
         values = ATTRIBUTES[attr]
-        anchor = values[(values.index(value) + 1) % len(values)]
+        own = table[text.tokenizer(value, add_special_tokens=False).input_ids].mean(0)
+
+        def row(word):
+            return table[text.tokenizer(word, add_special_tokens=False).input_ids].mean(0)
+
+        others = [v for v in values if v != value]
+        anchor = (anchors or {}).get(value) or min(others, key=lambda v: float(torch.cosine_similarity(own, row(v), dim=0)))
         anchor_ids = text.tokenizer(anchor, add_special_tokens=False).input_ids
         for idx, word in zip(text.vocab_ids.tolist(), text.vocab_words):
             if is_banned(word, (value,)):
                 table[idx] = table[anchor_ids].mean(0)
                 rewritten.append(word)
-    model.source = f"word-filter({concept.text}) of {base}"
     model.extra = {**model.extra, "word_filter": rewritten}
+    model.source = f"word-filter({', '.join(v for _, v in concept.constraints)} -> {anchor}) of {base}"
     return model
 
 
