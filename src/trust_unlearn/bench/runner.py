@@ -48,9 +48,9 @@ METHOD_GROUPS = {"default": DEFAULT_METHODS, "baselines": DEFAULT_METHODS[1:], "
 # Trained methods share the step budget so that wall-clock and time-to-target compare like for like.
 METHOD_DEFAULTS = {
     "trust": {"common": {}, "method_args": {}},
-    "esd-x": {"common": {"lr": 2e-4, "batch": 4}, "method_args": {}},
-    "esd-u": {"common": {"lr": 5e-5, "batch": 4}, "method_args": {}},
-    "salun": {"common": {"lr": 2e-4}, "method_args": {}},
+    "esd-x": {"common": {"lr": 5e-5, "batch": 4}, "method_args": {}},
+    "esd-u": {"common": {"lr": 1e-5, "batch": 4}, "method_args": {}},
+    "salun": {"common": {"lr": 5e-5}, "method_args": {}},
     "conceptprune": {"common": {"steps": 1}, "method_args": {}},
     "uce": {"common": {"steps": 1}, "method_args": {}},
 }
