@@ -19,6 +19,9 @@ def test_method_labels_groups_and_sweep():
     assert labels[:5] == ["esd-x", "esd-u", "salun", "conceptprune", "uce"]
     assert labels[-2:] == ["trust:beta=1,xi=1.5", "trust:beta=1,xi=2"]
     assert "trust" in labels
+    name, common, args = runner.run_settings("esd-x:lr=0.001,negative_guidance=2", BenchConfig(), 7)
+    assert (name, common["lr"], common["steps"], args) == ("esd-x", 0.001, 7, {"negative_guidance": 2})
+    assert runner.run_settings("uce", BenchConfig(), 7)[1]["steps"] == 1  # training-free: one step
 
 
 @pytest.mark.parametrize("cfg,says", [

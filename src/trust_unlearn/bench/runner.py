@@ -150,6 +150,7 @@ def plan(cfg: BenchConfig) -> dict:
     labels = expand_methods(cfg.methods, cfg.sweep)
     for label in labels:
         name, args = parse_method_label(label)
+        args = _split_common(args)[1]
         cls = get_method(name)
         extra = cfg.overrides.get(label, {})
         _typed(cls.config_cls, {**METHOD_DEFAULTS.get(name, {}).get("method_args", {}), **args,
@@ -179,10 +180,20 @@ def slug(text: str) -> str:
     return re.sub(r"[^a-z0-9.=_-]+", "-", text.lower()).strip("-")
 
 
+def _split_common(args: dict) -> tuple[dict, dict]:
+    """Label options that are common training options (steps, lr, batch, ...) vs method options."""
+    from trust_unlearn.methods.base import CommonConfig
+
+    names = {f.name for f in fields(CommonConfig)}
+    return {k: v for k, v in args.items() if k in names}, {k: v for k, v in args.items() if k not in names}
+
+
 def run_settings(label: str, cfg: BenchConfig, steps: int) -> tuple[str, dict, dict]:
     name, args = parse_method_label(label)
+    label_common, args = _split_common(args)
     base = METHOD_DEFAULTS.get(name, METHOD_DEFAULTS["trust"] if name.startswith("trust") else {})
     common = {"steps": steps, "seed": cfg.seed, **cfg.profile["common"], **base.get("common", {}), **cfg.common}
+    common.update(label_common)
     if name in TRAINING_FREE:
         common["steps"] = 1  # the edit happens in step 0
     extra = cfg.overrides.get(label, {})
