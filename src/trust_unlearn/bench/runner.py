@@ -57,9 +57,9 @@ METHOD_DEFAULTS = {
 PROFILES = {
     # steps of trained methods; evaluation sizes; attack prompts
     "full": {"steps": 60, "eval": {"target_prompts": 8, "target_seeds": 4, "retain_seeds": 2}, "checkpoints": 3,
-             "common": {}},
+             "common": {}, "attack_prompts": 4},
     "quick": {"steps": 12, "eval": {"target_prompts": 4, "target_seeds": 2, "retain_seeds": 1}, "checkpoints": 1,
-              "common": {"cache_images": 16, "cache_steps": 10}},
+              "common": {"cache_images": 16, "cache_steps": 10}, "attack_prompts": None},
 }
 FORGET_TARGET, RETAIN_SLACK = 0.05, 0.03
 
@@ -324,7 +324,8 @@ def run_method(label: str, task: str, cfg: BenchConfig, p: dict, original, befor
         from trust_unlearn.attacks import run_attack_suite
 
         attacks = run_attack_suite(model, original, concept, p["attacks"], seed=cfg.seed, budget=cfg.attack_budget,
-                                   out=mdir / "attacks", quick=cfg.quick, n_prompts=cfg.attack_prompts, show_progress=False)
+                                   out=mdir / "attacks", quick=cfg.quick, show_progress=False,
+                                   n_prompts=cfg.attack_prompts if cfg.attack_prompts is not None else cfg.profile["attack_prompts"])
         result["asr"] = {a: r["asr"] for a, r in attacks.items()}
         result["attack_seconds"] = {a: r["seconds"] for a, r in attacks.items()}
         result["pre_attack_asr"] = next(iter(attacks.values()))["pre_attack_asr"]
