@@ -8,7 +8,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-SHIPPED_WEIGHTS = Path(__file__).resolve().parent / "weights"
+# The testbed weights in use: the shipped ones, or a retrained folder (`trust testbed train --out DIR`)
+# named by TRUST_TESTBED_WEIGHTS — then "testbed", its judge and its scorer all come from there.
+SHIPPED_WEIGHTS = Path(os.environ.get("TRUST_TESTBED_WEIGHTS") or Path(__file__).resolve().parent / "weights")
 TESTBED_MARKER = "testbed.json"
 # Defaults the testbed was trained and checked with (a real SD checkpoint gets SD's defaults).
 TESTBED_DEFAULTS = {"guidance_scale": 2.5, "num_inference_steps": 25, "resolution": 32}
