@@ -67,7 +67,7 @@ def test_evaluate_on_a_tiny_setting(testbed, tmp_path, monkeypatch):
     assert 0 <= result["forget_rate"] <= 1 and 0 <= result["retain_accuracy"] <= 1
     assert "lookalike_retain_accuracy" in result
     assert result["fd_judge"] == pytest.approx(0.0, abs=1e-3)  # the model against itself, same seeds
-    assert (tmp_path / "cache" / "reference").exists()
+    assert len(list((tmp_path / "cache" / "images").glob("*.safetensors"))) == 2  # target + retain, reused as reference
     json.dumps(result)  # the CLI writes it as JSON
 
 

@@ -59,21 +59,25 @@ def _cache_dir() -> Path:
     return Path(os.environ.get("TRUST_CACHE", Path.home() / ".cache" / "trust-unlearn"))
 
 
-def _model_fingerprint(model: LoadedModel) -> str:
+def model_fingerprint(model: LoadedModel) -> str:
+    """A digest of every UNet weight: any change (one row of one projection) gives a new key."""
     h = hashlib.sha256()
-    for name, tensor in sorted(model.pipe.unet.state_dict().items())[:: max(1, len(model.pipe.unet.state_dict()) // 16)]:
+    for name, tensor in model.pipe.unet.state_dict().items():
         h.update(name.encode())
-        h.update(tensor.float().flatten()[:256].numpy().tobytes())
+        h.update(tensor.detach().float().cpu().numpy().tobytes())
     return h.hexdigest()[:16]
 
 
-def reference_images(reference: LoadedModel, prompts: PromptSet, steps: int, guidance: float) -> torch.Tensor:
-    """The reference model's images for a prompt set, cached by model fingerprint and prompts."""
-    key = hashlib.sha256(json.dumps([_model_fingerprint(reference), prompts.prompts, prompts.seeds, steps, guidance]).encode()).hexdigest()[:20]
-    path = _cache_dir() / "reference" / f"{key}.safetensors"
+def cached_generate(model: LoadedModel, prompts: PromptSet, steps: int, guidance: float, desc: str,
+                    fingerprint: str | None = None) -> torch.Tensor:
+    """Images for a prompt set, cached on disk by model fingerprint, prompts, seeds, steps and guidance,
+    so the original model's images are generated once and shared by every run and method."""
+    fingerprint = fingerprint or model_fingerprint(model)
+    key = hashlib.sha256(json.dumps([fingerprint, prompts.prompts, prompts.seeds, steps, guidance]).encode()).hexdigest()[:20]
+    path = _cache_dir() / "images" / f"{key}.safetensors"
     if path.exists():
         return load_file(path)["images"]
-    images = generate(reference, prompts.prompts, prompts.seeds, guidance_scale=guidance, num_inference_steps=steps, desc="reference")
+    images = generate(model, prompts.prompts, prompts.seeds, guidance_scale=guidance, num_inference_steps=steps, desc=desc)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     save_file({"images": images.contiguous()}, tmp)
@@ -100,13 +104,14 @@ def evaluate(model: LoadedModel, concept: Concept, cfg: EvalConfig | None = None
     guidance = model.guidance_scale if cfg.guidance_scale is None else cfg.guidance_scale
     judge = get_judge(cfg.judge)
     target, retain = build_prompt_sets(concept, cfg)
-    t_images = generate(model, target.prompts, target.seeds, guidance_scale=guidance, num_inference_steps=steps, desc="target")
-    r_images = generate(model, retain.prompts, retain.seeds, guidance_scale=guidance, num_inference_steps=steps, desc="retain")
+    fingerprint = model_fingerprint(model)
+    t_images = cached_generate(model, target, steps, guidance, "target", fingerprint)
+    r_images = cached_generate(model, retain, steps, guidance, "retain", fingerprint)
     t_read, r_read = judge.read(t_images), judge.read(r_images)
     forget = sum(concept.matches(r) for r in t_read) / len(t_read)
     retain_acc = _accuracy(r_read, retain.scenes, concept)
     reference = reference or load_model("testbed")
-    ref_images = reference_images(reference, retain, steps, guidance)
+    ref_images = cached_generate(reference, retain, steps, guidance, "reference")
     features = FEATURE_BACKENDS[cfg.feature_backend]
     fd = frechet_distance(features(judge, r_images), features(judge, ref_images))
     result = {
