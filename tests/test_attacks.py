@@ -149,3 +149,31 @@ def test_cli_empty_prompts_file(tmp_path, capsys):
     f.write_text("\n  \n")
     assert main(["attack", "--concept", "circle", "--prompts-file", str(f)]) == 2
     assert "empty prompt set" in capsys.readouterr().err
+
+
+def test_word_filter_rewrites_only_the_concept_word(tiny_model_dir):
+    from trust_unlearn.attacks.weak import word_filter_model
+    from trust_unlearn.pipeline import load_model
+
+    concept = parse_concept("circle")
+    weak, base = word_filter_model(concept, str(tiny_model_dir)), load_model(str(tiny_model_dir))
+    anchor = weak.source.split("-> ")[1].split(")")[0]
+    assert anchor in ("square", "triangle", "cross")
+    w, b = TextOps(weak.pipe), TextOps(base.pipe)
+    assert torch.allclose(w.states(["a red circle"]), b.states([f"a red {anchor}"]), atol=1e-6)
+    assert torch.allclose(w.states(["a red disk"]), b.states(["a red disk"]))
+    assert "circles" in weak.extra["word_filter"]
+
+
+def test_per_attack_budgets(tiny):
+    res = run_attack_suite(tiny, tiny, "circle", ["paraphrase", "mma"], budget={"paraphrase": 3, "mma": 1}, n_prompts=1,
+                           judge=FakeJudge(), show_progress=False, protocol=AsrProtocol(seeds_per_prompt=1))
+    assert res["paraphrase"]["budget"] == 3 and res["paraphrase"]["candidates_tried"] == [3]
+    assert res["mma"]["budget"] == 1
+    with pytest.raises(UserError, match="zero budget"):
+        run_attack_suite(tiny, tiny, "circle", ["mma"], budget={"mma": 0}, judge=FakeJudge())
+
+
+def test_cli_missing_judge(capsys):
+    assert main(["attack", "--concept", "circle", "--judge", "/nonexistent/judge.safetensors"]) == 2
+    assert "--judge /nonexistent/judge.safetensors does not exist" in capsys.readouterr().err
