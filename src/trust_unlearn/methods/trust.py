@@ -5,7 +5,8 @@ Per step (see ../shared/TRUST_METHOD.md and docs/method.md):
     scorer, back-propagate to the attn2 q/k/v weights (only through the last `backprop_depth` steps);
  2. concept neurons: rows with z-scored mean |grad| > xi, re-estimated every `mask_every` steps
     (0 = a static mask estimated once);
- 3. loss: L_prev + alpha * L_retain + beta * {CIP | CSR | none};
+ 3. loss: L_prev + alpha * L_retain + s * {CIP | CSR | none}, s = beta * |grad L_prev| / |grad L_reg|
+    on the masked rows (beta is the regulariser's share of the update, whatever its raw scale);
  4. only masked rows move: the gradient is masked and unmasked rows are restored after Adam's step,
     so Adam's momentum cannot leak into them.
 """
@@ -27,7 +28,7 @@ REGULARISERS = ("cip", "csr", "none")
 @dataclass
 class TrustConfig:
     xi: float = 2.0  # z-score threshold for concept neurons
-    beta: float = 1.0  # regulariser weight
+    beta: float = 0.2  # regulariser's share of the update norm (scale-free; see apply_gradients)
     alpha: float = 0.5  # retain-term weight
     reg: str = "cip"  # cip | csr | none
     mask_every: int = 1  # re-estimate the mask every k steps; 0 = static (estimated once)
@@ -123,23 +124,59 @@ class Trust:
                 if k == 0:
                     raise UserError(f"xi={cfg.xi} selects no concept neuron; lower --xi (the default is 2.0)")
         forget, retain = ctx.preservation_loss(ctx.common.batch)
-        loss = forget + cfg.alpha * retain
-        reg = torch.zeros(())
-        if cfg.reg == "cip":
-            reg = cip_penalty(self.params, self.saliency_grads, self.mask)
-        elif cfg.reg == "csr":
+        base = forget + cfg.alpha * retain
+        reg = self.regulariser()
+        if not (torch.isfinite(base) and torch.isfinite(reg)):
+            bad = base if not torch.isfinite(base) else reg
+            raise UserError(f"the loss became {bad.item()} at step {k}; lower --lr or --beta "
+                            "(the input model is untouched; --resume restarts from the last checkpoint)")
+        scale = self.apply_gradients(base, reg)
+        self.selective_update()
+        log.update(loss=(base + scale * reg).item(), forget_loss=forget.item(), retain_loss=retain.item(),
+                   reg_loss=reg.item(), reg_scale=scale)
+        return log
+
+    def regulariser(self) -> torch.Tensor:
+        ctx, cfg = self.ctx, self.cfg
+        if cfg.reg == "cip" and cfg.beta > 0:
+            return cip_penalty(self.params, self.saliency_grads, self.mask)
+        if cfg.reg == "csr" and cfg.beta > 0:
             rows, z_t, t = ctx.noised(ctx.target_latents, cfg.csr_batch)
             cond = ctx.text([ctx.spec.targets[i] for i in ctx.target_idx[rows].tolist()])
-            reg = csr_penalty(lambda: ctx.eps(z_t, t, cond), self.params, self.mask, ctx.rng)
-        loss = loss + cfg.beta * reg
-        if not torch.isfinite(loss):
-            raise UserError(f"the loss became {loss.item()} at step {k}; lower --lr or --beta "
-                            "(the input model is untouched; --resume restarts from the last checkpoint)")
+            return csr_penalty(lambda: ctx.eps(z_t, t, cond), self.params, self.mask, ctx.rng)
+        return torch.zeros((), device=ctx.device)
+
+    def apply_gradients(self, base: torch.Tensor, reg: torch.Tensor) -> float:
+        """p.grad = grad(base) + s * grad(reg), with s = beta * |grad base| / |grad reg| over the masked rows.
+
+        CIP's and CSR's raw gradients are 40x and 10^4x the preservation gradient on the testbed (and
+        their scale depends on the model), so beta is made scale-free: the regulariser's share of the
+        update's norm. Returns s, so the effective loss base + s * reg is logged.
+        """
+        names = list(self.params)
+        params = [self.params[n] for n in names]
+
+        def grads(loss):
+            if not loss.requires_grad:
+                return [torch.zeros_like(p) for p in params]
+            out = torch.autograd.grad(loss, params, allow_unused=True)
+            return [torch.zeros_like(p) if g is None else g for g, p in zip(out, params)]
+
+        def masked_norm(gs):
+            return torch.sqrt(sum((g[self.mask[n]] ** 2).sum() for g, n in zip(gs, names)))
+
+        g_base = grads(base)
+        scale = 0.0
+        if reg.requires_grad:
+            g_reg = grads(reg)
+            n_reg = masked_norm(g_reg)
+            if n_reg > 0:
+                scale = float(self.cfg.beta * masked_norm(g_base) / n_reg)
+                g_base = [a + scale * b for a, b in zip(g_base, g_reg)]
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.selective_update()
-        log.update(loss=loss.item(), forget_loss=forget.item(), retain_loss=retain.item(), reg_loss=reg.item())
-        return log
+        for p, g in zip(params, g_base):
+            p.grad = g.detach()
+        return scale
 
     def selective_update(self) -> None:
         """theta <- theta - Adam(m * grad L), with rows outside the mask restored bit for bit."""
