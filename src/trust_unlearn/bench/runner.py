@@ -361,7 +361,8 @@ def _mask_figures(rows: list[dict], ctx) -> dict:
         mean = sum(sizes) / len(sizes)
         return {"mask_size": mean, "mask_unit": "neurons", "mask_fraction": mean / max(1, total),
                 "jaccard_first_final": rows[-1].get("jaccard_first"),
-                "jaccard_prev_mean": sum(r.get("jaccard_prev", 1.0) for r in rows[1:]) / max(1, len(rows) - 1)}
+                "jaccard_prev_mean": (sum(r.get("jaccard_prev", 1.0) for r in rows[1:]) / (len(rows) - 1)
+                                      if len(rows) > 1 else None)}
     n = sum(t.numel() for t in ctx.original.values())
     total = sum(p.numel() for p in ctx.unet.parameters())
     return {"mask_size": n, "mask_unit": "weights", "mask_fraction": n / total}
