@@ -14,10 +14,17 @@ import yaml
 from trust_unlearn.errors import UserError
 from trust_unlearn.world.captions import TRAIN_TEMPLATES, mentioned
 from trust_unlearn.world.concepts import Concept, FULL_TEMPLATES, caption, parse_concept, retain_scenes, target_scenes
-from trust_unlearn.world.shapes import ATTRIBUTES, Scene
+from trust_unlearn.world.shapes import Scene
 
 # The attribute an anchor replaces, in order of preference: the object before its colour or context.
 _ANCHOR_ORDER = ("shape", "colour", "background")
+# What each value becomes: the most distinct value of its attribute. On the testbed a square is read
+# as a circle about half the time (its corners are soft), so circle -> square would leave "circles".
+ANCHOR_VALUE = {
+    "circle": "cross", "square": "cross", "triangle": "cross", "cross": "circle",
+    "red": "blue", "green": "red", "blue": "yellow", "yellow": "blue",
+    "plain": "striped", "striped": "plain",
+}
 
 
 @dataclass
@@ -52,11 +59,10 @@ class ConceptSpec:
 
 
 def _substitute(concept: Concept) -> tuple[str, str]:
-    """The attribute the anchor changes and its replacement value (the next value of that attribute)."""
+    """The attribute the anchor changes and its replacement value."""
     attrs = concept.attributes
     attr = next(a for a in _ANCHOR_ORDER if a in attrs)
-    values = ATTRIBUTES[attr]
-    return attr, values[(values.index(attrs[attr]) + 1) % len(values)]
+    return attr, ANCHOR_VALUE[attrs[attr]]
 
 
 def testbed_spec(text: str) -> ConceptSpec:

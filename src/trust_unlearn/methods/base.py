@@ -22,12 +22,13 @@ from trust_unlearn.pipeline import LoadedModel, initial_latents
 class CommonConfig:
     """Options every training method understands."""
 
-    steps: int = 100
-    lr: float = 1e-3
+    # defaults tuned on the testbed; for SD 1.x/2.x start from lr 1e-5 (as SalUn/ESD do) -- see docs/scale.md
+    steps: int = 200
+    lr: float = 2e-3
     batch: int = 8
     seed: int = 0
     guidance: float | None = None  # CFG for the original-model images and saliency (model default)
-    cache_images: int = 32  # original-model images per prompt set (target, retain) for the losses
+    cache_images: int = 64  # original-model images per prompt set (target, retain) for the losses
     cache_steps: int | None = None  # DDIM steps for those images (model default)
     # memory and speed knobs for big models (see docs/scale.md)
     mixed_precision: str = "no"  # no | bf16 | fp16: autocast for the training step
