@@ -1,11 +1,9 @@
 """Data-parallel unlearning under `accelerate launch` with 2 CPU processes."""
 import json
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 import torch
 import yaml
 from safetensors.torch import load_file

@@ -28,12 +28,13 @@ def curves(rows: list[dict], path: Path) -> Path:
 
     steps = [r["step"] for r in rows]
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.4))
-    for key in ("loss", "forget_loss", "retain_loss", "reg_loss"):
-        if any(key in r for r in rows):
-            axes[0].plot(steps, [r.get(key, float("nan")) for r in rows], label=key)
+    plotted = [key for key in ("loss", "forget_loss", "retain_loss", "reg_loss") if any(key in r for r in rows)]
+    for key in plotted:
+        axes[0].plot(steps, [r.get(key, float("nan")) for r in rows], label=key)
     axes[0].set_yscale("symlog", linthresh=1e-3)
     axes[0].set_title("losses")
-    axes[0].legend(fontsize=7)
+    if plotted:
+        axes[0].legend(fontsize=7)
     if any("mask_size" in r for r in rows):
         axes[1].plot(steps, [r.get("mask_size", float("nan")) for r in rows])
         axes[2].plot(steps, [r.get("jaccard_prev", float("nan")) for r in rows], label="vs previous mask")

@@ -29,7 +29,7 @@ from trust_unlearn.errors import UserError
 from trust_unlearn.methods import get_method
 from trust_unlearn.methods.base import CommonConfig, RunContext
 from trust_unlearn.neurons import jaccard, mask_size, per_layer_sizes
-from trust_unlearn.pipeline import LoadedModel, generate, load_model, save_grid, save_pipeline
+from trust_unlearn.pipeline import LoadedModel, generate, load_model, save_pipeline
 from trust_unlearn.scorers import load_scorer
 from trust_unlearn.testbed import SHIPPED_WEIGHTS
 from trust_unlearn.utils import atomic_dir, load_checkpoint, peak_rss_mb, progress, save_checkpoint, write_json
@@ -152,7 +152,8 @@ def run_unlearn(cfg: UnlearnConfig, resume: bool = False, overwrite: bool = Fals
     ctx = RunContext(model, spec, common)
     ctx.rank, ctx.world = accelerator.process_index, accelerator.num_processes
     _check_divisible(ctx.world, common.batch, method_cfg)
-    ctx.scorer = load_scorer(cfg.scorer, model.is_testbed) if cfg.method == "trust" or cfg.scorer else None
+    needs_scorer = getattr(method_cls, "needs_scorer", False)
+    ctx.scorer = load_scorer(cfg.scorer, model.is_testbed) if needs_scorer or cfg.scorer else None
     method = method_cls(ctx, method_cfg)
     trainable = method.trainable()
     ctx.freeze_original(trainable)

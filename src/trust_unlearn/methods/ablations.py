@@ -14,22 +14,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 from trust_unlearn.methods import register_method
-from trust_unlearn.methods.base import RunContext
+from trust_unlearn.methods.base import gradients
 from trust_unlearn.methods.trust import Trust, TrustConfig
-
-
-class _NeedsScorer:
-    """The engine loads the alignment scorer for `--method trust` only; variants that score load it here."""
-
-    def __init__(self, ctx: RunContext, cfg):
-        if getattr(ctx, "scorer", None) is None:
-            from trust_unlearn.scorers import load_scorer
-
-            ctx.scorer = load_scorer(None, ctx.model.is_testbed)
-        super().__init__(ctx, cfg)
 
 
 @dataclass
@@ -38,23 +26,18 @@ class StaticConfig(TrustConfig):
 
 
 @register_method("trust-static")
-class TrustStatic(_NeedsScorer, Trust):
+class TrustStatic(Trust):
     config_cls = StaticConfig
 
 
 @register_method("trust-noise-saliency")
 class TrustNoiseSaliency(Trust):
+    needs_scorer = False  # saliency from the noise-prediction loss
+
     def saliency_gradients(self) -> dict[str, torch.Tensor]:
-        ctx, cfg = self.ctx, self.cfg
-        rows = torch.randint(0, len(ctx.target_latents), (cfg.saliency_batch,), generator=ctx.rng)
-        t = torch.randint(0, ctx.noise_scheduler.config.num_train_timesteps, (len(rows),), generator=ctx.rng)
-        noise = torch.randn(ctx.target_latents[rows].shape, generator=ctx.rng).to(ctx.target_latents)
-        z_t = ctx.noise_scheduler.add_noise(ctx.target_latents[rows], noise, t)
-        cond = ctx.text([ctx.spec.targets[i] for i in ctx.target_idx[rows].tolist()])
-        loss = F.mse_loss(ctx.eps(z_t, t.to(ctx.device), cond), noise)
-        names = list(self.params)
-        grads = torch.autograd.grad(loss, [self.params[k] for k in names], allow_unused=True)
-        return {k: (g if g is not None else torch.zeros_like(self.params[k])) for k, g in zip(names, grads)}
+        grads = gradients(self.ctx.diffusion_loss(self.cfg.saliency_batch), self.params)
+        self.ctx.average(list(grads.values()))
+        return grads
 
 
 @dataclass
@@ -63,7 +46,7 @@ class ZeroConfig(TrustConfig):
 
 
 @register_method("trust-zero")
-class TrustZero(_NeedsScorer, Trust):
+class TrustZero(Trust):
     config_cls = ZeroConfig
 
     def step(self, k: int) -> dict:
@@ -98,5 +81,5 @@ class NoRegConfig(TrustConfig):
 
 
 @register_method("trust-noreg")
-class TrustNoReg(_NeedsScorer, Trust):
+class TrustNoReg(Trust):
     config_cls = NoRegConfig

@@ -62,6 +62,13 @@ class CommonConfig:
             pipe.enable_attention_slicing("max")
 
 
+def gradients(loss: torch.Tensor, params: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """d loss / d param for each named parameter (zeros where the loss does not reach it)."""
+    names = list(params)
+    grads = torch.autograd.grad(loss, [params[n] for n in names], allow_unused=True)
+    return {n: torch.zeros_like(params[n]) if g is None else g for n, g in zip(names, grads)}
+
+
 class RunContext:
     """Shared state of one unlearning run (built once, before step 0)."""
 
@@ -187,13 +194,24 @@ class RunContext:
         self.retain_latents, self.retain_idx = tensors.get("retain_latents"), tensors.get("retain_idx")
 
     # ------------------------------------------------------------------ sampling helpers
-    def noised(self, latents: torch.Tensor, batch: int):
-        """A random batch z_t = noised latents, with the chosen rows, timesteps and noise (this rank's shard)."""
+    def _draw(self, latents: torch.Tensor, batch: int):
         rows = torch.randint(0, len(latents), (batch,), generator=self.rng)
         t = torch.randint(0, self.noise_scheduler.config.num_train_timesteps, (batch,), generator=self.rng)
         noise = torch.randn(latents[rows].shape, generator=self.rng)
-        rows, t, noise = self.shard(rows), self.shard(t), self.shard(noise)
-        return rows, self.noise_scheduler.add_noise(latents[rows], noise.to(latents), t), t.to(self.device)
+        rows, t, noise = self.shard(rows), self.shard(t), self.shard(noise).to(latents)
+        return rows, self.noise_scheduler.add_noise(latents[rows], noise, t), t.to(self.device), noise
+
+    def noised(self, latents: torch.Tensor, batch: int):
+        """A random batch z_t = noised latents, with the chosen rows, timesteps and noise (this rank's shard)."""
+        rows, z_t, t, _ = self._draw(latents, batch)
+        return rows, z_t, t
+
+    def diffusion_loss(self, batch: int) -> torch.Tensor:
+        """The plain diffusion loss of the current model on the original model's target images
+        (SalUn's saliency signal; TRUST's noise-prediction saliency ablation)."""
+        rows, z_t, t, noise = self._draw(self.target_latents, batch)
+        cond = self.text([self.spec.targets[i] for i in self.target_idx[rows].tolist()])
+        return F.mse_loss(self.eps(z_t, t, cond), noise)
 
     def preservation_loss(self, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
         """SalUn's L_prev: forget prompts -> original model's anchor prediction; retain prompts -> unchanged."""

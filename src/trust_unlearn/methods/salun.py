@@ -15,11 +15,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 from trust_unlearn.errors import UserError
 from trust_unlearn.methods import register_method
-from trust_unlearn.methods.base import RunContext
+from trust_unlearn.methods.base import RunContext, gradients
 
 
 @dataclass
@@ -63,17 +62,8 @@ class SalUn:
         ctx = self.ctx
         total = {n: torch.zeros_like(p) for n, p in self.params.items()}
         for _ in range(self.cfg.mask_batches):
-            rows = torch.randint(0, len(ctx.target_latents), (ctx.common.batch,), generator=ctx.rng)
-            t = torch.randint(0, ctx.noise_scheduler.config.num_train_timesteps, (len(rows),), generator=ctx.rng)
-            noise = torch.randn(ctx.target_latents[rows].shape, generator=ctx.rng).to(ctx.target_latents)
-            z_t = ctx.noise_scheduler.add_noise(ctx.target_latents[rows], noise, t)
-            cond = ctx.text([ctx.spec.targets[i] for i in ctx.target_idx[rows].tolist()])
-            loss = F.mse_loss(ctx.eps(z_t, t.to(ctx.device), cond), noise)
-            names = list(self.params)
-            grads = torch.autograd.grad(loss, [self.params[n] for n in names], allow_unused=True)
-            for n, g in zip(names, grads):
-                if g is not None:
-                    total[n] += g.abs()
+            for n, g in gradients(ctx.diffusion_loss(ctx.common.batch), self.params).items():
+                total[n] += g.abs()
         return total
 
     def step(self, k: int) -> dict:

@@ -19,7 +19,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from trust_unlearn.errors import UserError
 from trust_unlearn.methods import register_method
-from trust_unlearn.methods.base import RunContext
+from trust_unlearn.methods.base import RunContext, gradients
 from trust_unlearn.neurons import Mask, concept_neuron_masks, cross_attention_parameters, mask_size
 
 REGULARISERS = ("cip", "csr", "none")
@@ -71,6 +71,7 @@ def csr_penalty(output_fn, params: dict[str, torch.Tensor], mask: Mask, generato
 @register_method("trust")
 class Trust:
     config_cls = TrustConfig
+    needs_scorer = True  # the engine loads the alignment scorer for methods that say so
 
     def __init__(self, ctx: RunContext, cfg: TrustConfig):
         self.ctx, self.cfg = ctx, cfg.validate()
@@ -103,9 +104,7 @@ class Trust:
                 eps_u, eps_c = ctx.eps(inp, t, cond).chunk(2)
                 latents = sched.step(eps_u + ctx.guidance * (eps_c - eps_u), t, latents).prev_sample
         alignment = self._score(ctx.decode(latents), prompts)
-        names = list(self.params)
-        grads = torch.autograd.grad(alignment, [self.params[k] for k in names], allow_unused=True)
-        grads = {k: (g if g is not None else torch.zeros_like(self.params[k])) for k, g in zip(names, grads)}
+        grads = gradients(alignment, self.params)
         self.ctx.average(list(grads.values()))  # every rank selects the same neurons
         return grads
 

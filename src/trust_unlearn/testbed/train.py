@@ -11,8 +11,6 @@ Each stage checkpoints every `checkpoint_every` steps; re-running resumes from t
 """
 from __future__ import annotations
 
-import json
-import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
