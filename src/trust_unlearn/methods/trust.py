@@ -165,9 +165,11 @@ class Trust:
             return torch.sqrt(sum((g[self.mask[n]] ** 2).sum() for g, n in zip(gs, names)))
 
         g_base = grads(base)
+        self.ctx.average(g_base)  # data parallel: the scale is computed from the global gradients
         scale = 0.0
         if reg.requires_grad:
             g_reg = grads(reg)
+            self.ctx.average(g_reg)
             n_reg = masked_norm(g_reg)
             if n_reg > 0:
                 scale = float(self.cfg.beta * masked_norm(g_base) / n_reg)
