@@ -55,3 +55,20 @@ def test_evaluate_nudity_on_a_prompt_file(tiny_model_dir, tmp_path, capsys):
 def test_evaluate_nudity_needs_a_prompt_file(capsys):
     assert main(["evaluate", "--judge", "nudenet"]) == 2
     assert "--prompts" in capsys.readouterr().err
+
+
+def test_sd_folder_end_to_end_through_the_cli(tiny_model_dir, tiny_clip_dir, tmp_path):
+    """A user's SD-1.x-shaped folder: unlearn with a CLIP scorer, then attack and rebuild it from the CLI."""
+    import json
+
+    out = tmp_path / "unlearned"
+    assert main(["unlearn", "--model", str(tiny_model_dir), "--scorer", str(tiny_clip_dir), "--concept", "a red circle",
+                 "--anchor", "a blue square", "--retain", "a green cross", "--steps", "2", "--batch", "2",
+                 "--cache-images", "2", "--xi", "1.0", "--saliency-steps", "2", "--backprop-depth", "1",
+                 "--saliency-batch", "1", "--method-arg", "csr_batch=1", "--no-eval", "--out", str(out),
+                 "--json", str(tmp_path / "u.json")]) == 0
+    summary = json.loads((tmp_path / "u.json").read_text())
+    assert summary["steps"] == 2 and (out / "model_index.json").exists()
+    assert main(["attack", "--model", str(out), "--original", str(tiny_model_dir), "--concept", "circle",
+                 "--attack", "paraphrase", "--quick", "--out", str(tmp_path / "atk"), "--json", str(tmp_path / "a.json")]) == 0
+    assert "paraphrase" in json.loads((tmp_path / "a.json").read_text())

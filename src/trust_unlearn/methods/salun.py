@@ -62,7 +62,9 @@ class SalUn:
         ctx = self.ctx
         total = {n: torch.zeros_like(p) for n, p in self.params.items()}
         for _ in range(self.cfg.mask_batches):
-            for n, g in gradients(ctx.diffusion_loss(ctx.common.batch), self.params).items():
+            grads = gradients(ctx.diffusion_loss(ctx.common.batch), self.params)
+            ctx.average(list(grads.values()))  # data parallel: every rank builds the same mask
+            for n, g in grads.items():
                 total[n] += g.abs()
         return total
 
