@@ -272,6 +272,25 @@ class Attack:
     def candidates(self, target_prompt: str, index: int) -> list[str]:
         raise NotImplementedError
 
+    def optimize_noise_matching_prefix(self, target_prompt: str, gen: torch.Generator, sample,
+                                       fixed_generator: torch.Generator) -> list[str]:
+        """The white-box core of UnlearnDiffAtk and P4D: a discrete prefix for "prefix + prompt" such that
+        the unlearned UNet's prediction matches `target` on batches (z_t, t, target) = sample(n, generator);
+        the best projected prompt is chosen on one fixed batch."""
+        unet = self.model.pipe.unet
+        fixed = sample(self.eval_batch, fixed_generator)
+
+        def loss_at(states, batch):
+            z_t, t, target = batch
+            return torch.nn.functional.mse_loss(unet(z_t, t, states.expand(len(z_t), -1, -1)).sample, target)
+
+        prompt, _ = optimize_prefix(
+            self.text, target_prompt, self.n_tokens, self.budget,
+            loss_fn=lambda states, step: loss_at(states, sample(self.batch, gen)),
+            eval_fn=lambda states: loss_at(states, fixed),
+            generator=gen, allowed=self.text.allowed(), progress_bar=getattr(self, "bar", None))
+        return [prompt]
+
     def work_units(self, n_targets: int) -> int:
         """Progress-bar length for the whole prompt set."""
         return n_targets * self.budget

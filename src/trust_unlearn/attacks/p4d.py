@@ -9,9 +9,8 @@ Continuous relaxation + projection onto the whole-word vocabulary as in UnlearnD
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
-from trust_unlearn.attacks.base import Attack, optimize_prefix, original_trajectory, register_attack
+from trust_unlearn.attacks.base import Attack, original_trajectory, register_attack
 
 
 @register_attack("p4d")
@@ -29,21 +28,10 @@ class P4D(Attack):
         gen = self.generator(index)
         seeds = [self.seed * 100_000 + 93_000 + 16 * index + k for k in range(self.n_trajectories)]
         traj = original_trajectory(self.original, target_prompt, seeds)
-        unet = self.model.pipe.unet
 
         def pick(n, g):
             rows = torch.randint(0, len(traj["t"]), (n,), generator=g)
             return traj["z_t"][rows], traj["t"][rows], traj["eps"][rows]
 
-        fixed = pick(self.eval_batch, torch.Generator().manual_seed(self.seed + 54321 + index))
-
-        def loss_at(states, batch):
-            z_t, t, eps0 = batch
-            return F.mse_loss(unet(z_t, t, states.expand(len(z_t), -1, -1)).sample, eps0)
-
-        prompt, _ = optimize_prefix(
-            self.text, target_prompt, self.n_tokens, self.budget,
-            loss_fn=lambda states, step: loss_at(states, pick(self.batch, gen)),
-            eval_fn=lambda states: loss_at(states, fixed),
-            generator=gen, allowed=self.text.allowed(), progress_bar=getattr(self, "bar", None))
-        return [prompt]
+        fixed_gen = torch.Generator().manual_seed(self.seed + 54321 + index)
+        return self.optimize_noise_matching_prefix(target_prompt, gen, pick, fixed_gen)

@@ -11,9 +11,8 @@ under a fixed-noise evaluation batch is kept.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
-from trust_unlearn.attacks.base import Attack, decode_latents, noise_scheduler, optimize_prefix, original_trajectory, register_attack
+from trust_unlearn.attacks.base import Attack, decode_latents, noise_scheduler, original_trajectory, register_attack
 
 
 def concept_latents(attack: Attack, prompt: str, index: int, n_images: int) -> torch.Tensor:
@@ -46,7 +45,6 @@ class UnlearnDiffAtk(Attack):
         gen = self.generator(index)
         z0 = concept_latents(self, target_prompt, index, self.n_images)
         sched = noise_scheduler(self.model)
-        unet = self.model.pipe.unet
         T = sched.config.num_train_timesteps
 
         def noised(n, g):
@@ -55,15 +53,5 @@ class UnlearnDiffAtk(Attack):
             noise = torch.randn(z0[rows].shape, generator=g)
             return sched.add_noise(z0[rows], noise, t), t, noise
 
-        fixed = noised(self.eval_batch, torch.Generator().manual_seed(self.seed + 12345 + index))
-
-        def loss_at(states, batch):
-            z_t, t, noise = batch
-            return F.mse_loss(unet(z_t, t, states.expand(len(z_t), -1, -1)).sample, noise)
-
-        prompt, _ = optimize_prefix(
-            self.text, target_prompt, self.n_tokens, self.budget,
-            loss_fn=lambda states, step: loss_at(states, noised(self.batch, gen)),
-            eval_fn=lambda states: loss_at(states, fixed),
-            generator=gen, allowed=self.text.allowed(), progress_bar=getattr(self, "bar", None))
-        return [prompt]
+        fixed_gen = torch.Generator().manual_seed(self.seed + 12345 + index)
+        return self.optimize_noise_matching_prefix(target_prompt, gen, noised, fixed_gen)
