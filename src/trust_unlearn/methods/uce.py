@@ -79,7 +79,7 @@ class Uce:
         ctx = self.ctx
         olds, news = [], []
         for target, anchor in dict.fromkeys(zip(ctx.spec.targets, ctx.spec.anchors)):
-            old, new = ctx.text([target])[0], ctx.text([anchor])[0]
+            old, new = ctx.token_states(ctx.text([target]))[0], ctx.token_states(ctx.text([anchor]))[0]
             i, j = self._last_word(target), self._last_word(anchor)
             length = min(len(old) - i, len(new) - j)
             olds.append(old[i : i + length])
@@ -92,7 +92,7 @@ class Uce:
         ctx, cfg = self.ctx, self.cfg
         erase_in, erase_as = self.edit_pairs()
         retains = list(dict.fromkeys(ctx.spec.retains))
-        preserve = ctx.text(retains).flatten(0, 1) if retains else erase_in[:0]
+        preserve = ctx.token_states(ctx.text(retains)).flatten(0, 1) if retains else erase_in[:0]
         s_p = cfg.preserve_scale if cfg.preserve_scale is not None else max(0.1, 1 / max(1, len(retains)))
         with torch.no_grad():
             for p in self.params.values():
