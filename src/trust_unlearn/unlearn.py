@@ -157,7 +157,8 @@ def run_unlearn(cfg: UnlearnConfig, resume: bool = False, overwrite: bool = Fals
     method = method_cls(ctx, method_cfg)
     trainable = method.trainable()
     ctx.freeze_original(trainable)
-    if ctx.world > 1 and hasattr(method, "optimizer"):  # data parallel: mean gradient over ranks
+    # data parallel: mean gradient over ranks, unless the method already averages before it scales them
+    if ctx.world > 1 and hasattr(method, "optimizer") and not getattr(method, "averages_gradients", False):
         method.optimizer.register_step_pre_hook(lambda *_: ctx.average_gradients(trainable.values()))
     if on_start is not None:
         on_start(ctx, method)

@@ -72,6 +72,7 @@ def csr_penalty(output_fn, params: dict[str, torch.Tensor], mask: Mask, generato
 class Trust:
     config_cls = TrustConfig
     needs_scorer = True  # the engine loads the alignment scorer for methods that say so
+    averages_gradients = True  # apply_gradients all-reduces before the regulariser's scale is computed
 
     def __init__(self, ctx: RunContext, cfg: TrustConfig):
         self.ctx, self.cfg = ctx, cfg.validate()
