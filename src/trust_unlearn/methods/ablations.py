@@ -18,6 +18,7 @@ import torch
 from trust_unlearn.methods import register_method
 from trust_unlearn.methods.base import gradients
 from trust_unlearn.methods.trust import Trust, TrustConfig
+from trust_unlearn.neurons import mask_size
 
 
 @dataclass
@@ -49,28 +50,17 @@ class ZeroConfig(TrustConfig):
 class TrustZero(Trust):
     config_cls = ZeroConfig
 
-    def step(self, k: int) -> dict:
-        cfg = self.cfg
-        if self.mask is not None and not (cfg.mask_every > 0 and k % cfg.mask_every == 0):
-            return super().step(k)
-        # estimate the mask exactly as TRUST does, zero its rows, then take TRUST's step with that mask
-        self.saliency_grads = self.saliency_gradients()
-        from trust_unlearn.neurons import concept_neuron_masks, mask_size
-
-        self.mask = concept_neuron_masks(self.saliency_grads, cfg.xi)
-        if k == 0 and mask_size(self.mask) == 0:
-            from trust_unlearn.errors import UserError
-
-            raise UserError(f"xi={cfg.xi} selects no concept neuron; lower --xi (the default is 2.0)")
+    def refresh_mask(self, k: int) -> None:
+        """Locate the concept neurons as TRUST does, then set their rows to zero."""
+        super().refresh_mask(k)
         with torch.no_grad():
             for name, p in self.params.items():
                 p[self.mask[name]] = 0
-        every, cfg.mask_every = cfg.mask_every, 0  # the mask is fresh: let Trust.step reuse it
-        try:
-            log = super().step(k)
-        finally:
-            cfg.mask_every = every
-        log.update(mask_updated=True, zeroed=mask_size(self.mask))
+
+    def step(self, k: int) -> dict:
+        log = super().step(k)
+        if log.get("mask_updated"):
+            log["zeroed"] = mask_size(self.mask)
         return log
 
 

@@ -117,12 +117,8 @@ class Trust:
         ctx, cfg = self.ctx, self.cfg
         log = {}
         if self.mask is None or (cfg.mask_every > 0 and k % cfg.mask_every == 0):
-            self.saliency_grads = self.saliency_gradients()
-            self.mask = concept_neuron_masks(self.saliency_grads, cfg.xi)
+            self.refresh_mask(k)
             log["mask_updated"] = True
-            if mask_size(self.mask) == 0:
-                if k == 0:
-                    raise UserError(f"xi={cfg.xi} selects no concept neuron; lower --xi (the default is 2.0)")
         forget, retain = ctx.preservation_loss(ctx.common.batch)
         base = forget + cfg.alpha * retain
         reg = self.regulariser()
@@ -135,6 +131,13 @@ class Trust:
         log.update(loss=(base + scale * reg).item(), forget_loss=forget.item(), retain_loss=retain.item(),
                    reg_loss=reg.item(), reg_scale=scale)
         return log
+
+    def refresh_mask(self, k: int) -> None:
+        """Re-locate the concept neurons from fresh alignment saliency."""
+        self.saliency_grads = self.saliency_gradients()
+        self.mask = concept_neuron_masks(self.saliency_grads, self.cfg.xi)
+        if k == 0 and mask_size(self.mask) == 0:
+            raise UserError(f"xi={self.cfg.xi} selects no concept neuron; lower --xi (the default is 2.0)")
 
     def regulariser(self) -> torch.Tensor:
         ctx, cfg = self.ctx, self.cfg
