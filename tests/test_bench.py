@@ -107,6 +107,28 @@ def test_bench_end_to_end_on_a_tiny_model(tiny_testbed_dir, tmp_path, monkeypatc
     assert again["tasks"]["circle"]["methods"]["uce"]["forget_rate"] == methods["uce"]["forget_rate"]
 
 
+def test_attack_curve_attacks_a_copy_at_every_checkpoint(tiny_testbed_dir, tmp_path, monkeypatch):
+    import trust_unlearn.attacks as attacks
+
+    monkeypatch.setattr(runner, "_evaluate", fake_evaluate)
+    attacked = []
+
+    def fake_suite(model, original, concept, names, **kw):
+        attacked.append((model, kw["out"].name))
+        return {n: {"asr": 0.5, "seconds": 0.1, "pre_attack_asr": 0.0} for n in names}
+
+    monkeypatch.setattr(attacks, "run_attack_suite", fake_suite)
+    cfg = BenchConfig(model=str(tiny_testbed_dir), methods=["esd-x"], tasks=["circle"], attacks=["p4d"], steps=3,
+                      checkpoints=2, attack_curve=True, out=str(tmp_path / "bench"), isolate=False,
+                      common={"cache_images": 2, "cache_steps": 2, "batch": 2},
+                      overrides={"esd-x": {"method_args": {"ddim_steps": 2}}})
+    curve = run_bench(cfg, log=lambda *_: None)["tasks"]["circle"]["methods"]["esd-x"]["curve"]
+    assert [name for _, name in attacked] == ["attacks-step1", "attacks-step2", "attacks"]
+    assert [c["asr"] for c in curve] == [{"p4d": 0.5}] * 3
+    final_model = attacked[-1][0]
+    assert all(m is not final_model and m.pipe.unet is not final_model.pipe.unet for m, _ in attacked[:-1])
+
+
 def test_bench_refuses_a_model_the_judge_cannot_grade(tiny_model_dir, tmp_path):
     with pytest.raises(UserError, match="runs on the testbed"):
         run_bench(BenchConfig(model=str(tiny_model_dir), methods=["uce"], tasks=["circle"], attacks=[], out=str(tmp_path / "b")))
@@ -123,8 +145,10 @@ def tiny_results(tmp_path: Path) -> dict:
     method = {"label": "trust", "method": "trust", "task": "circle", "steps": 4, "forget_rate": 0.02,
               "retain_accuracy": 0.9, "lookalike_retain_accuracy": None, "fd_judge": 0.1, "alignment": 0.2,
               "wall_clock_s": 12.0, "seconds_per_step": 3.0, "peak_rss_mb": 800.0, "time_to_target_s": 6.0,
-              "curve": [{"step": 2, "train_s": 6.0, "forget_rate": 0.04, "retain_accuracy": 0.9, "alignment": 0.3},
-                        {"step": 4, "train_s": 12.0, "forget_rate": 0.02, "retain_accuracy": 0.9, "alignment": 0.2}],
+              "curve": [{"step": 2, "train_s": 6.0, "forget_rate": 0.04, "retain_accuracy": 0.9, "alignment": 0.3,
+                         "asr": {"p4d": 0.5}},
+                        {"step": 4, "train_s": 12.0, "forget_rate": 0.02, "retain_accuracy": 0.9, "alignment": 0.2,
+                         "asr": {"p4d": 0.25}}],
               "mask_size": 6.5, "mask_unit": "neurons", "mask_fraction": 0.01, "run_dir": "tasks/circle/trust/run",
               "asr": {"p4d": 0.25}, "attack_seconds": {"p4d": 3.0}, "pre_attack_asr": 0.0, "common": {}, "method_args": {}}
     uce = {**method, "label": "uce", "method": "uce", "forget_rate": 0.5, "time_to_target_s": None, "asr": {"p4d": 0.75},

@@ -1,6 +1,7 @@
 """`trust bench`: methods x tasks x attacks on the testbed; tables, bench.json, results.csv, report.html."""
 from __future__ import annotations
 
+import argparse
 import json
 from pathlib import Path
 
@@ -29,6 +30,8 @@ def add_arguments(p) -> None:
     p.add_argument("--checkpoints", type=int, default=None, help="evaluations during training, for time-to-target")
     p.add_argument("--attack-budget", type=int, default=None, help="budget per attack (attack default)")
     p.add_argument("--attack-prompts", type=int, default=None, help="target prompts per attack (attack default)")
+    p.add_argument("--attack-curve", action=argparse.BooleanOptionalAction, default=None,
+                   help="also attack every checkpoint, for ASR over training wall-clock (on in the full profile)")
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--no-isolate", action="store_true", help="run every method in this process (faster start; peak "
                                                              "RSS then includes earlier runs)")
@@ -48,7 +51,8 @@ def config_from_args(args):
         cfg.quick = True
         if not args.config and args.tasks is None:
             cfg.tasks = list(QUICK_TASKS)
-    for key in ("methods", "tasks", "attacks", "model", "steps", "checkpoints", "attack_budget", "attack_prompts", "seed"):
+    for key in ("methods", "tasks", "attacks", "model", "steps", "checkpoints", "attack_budget", "attack_prompts",
+                "attack_curve", "seed"):
         if getattr(args, key) is not None:
             setattr(cfg, key, getattr(args, key))
     if args.no_isolate:

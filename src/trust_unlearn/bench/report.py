@@ -1,7 +1,7 @@
 """The bench's HTML report: one self-contained file (plots and grids embedded as PNG data URIs).
 
-Per task: the table; forget-vs-retain scatter; forget rate over training wall-clock (the checkpoints)
-with each method's final ASR against its wall-clock; per method the before/after grid, mask size
+Per task: the table; forget-vs-retain scatter; forget rate and ASR (strongest attack) over training
+wall-clock (the checkpoints; the end only when checkpoints are not attacked); per method the before/after grid, mask size
 and drift (Jaccard to the previous and to the first mask) and where in the UNet the concept neurons
 sit over the steps (neurons per UNet block).
 """
@@ -69,15 +69,19 @@ def curves_over_wall_clock(entry: dict) -> str:
     for label, r in entry["methods"].items():
         xs = [0.0] + [c["train_s"] for c in r["curve"]]
         axes[0].plot(xs, [entry["before"]["forget_rate"]] + [c["forget_rate"] for c in r["curve"]], marker="o", ms=3, label=label)
-        asr = _max_asr(r)
-        if asr is not None:
-            axes[1].scatter([r["wall_clock_s"]], [asr], s=40)
-            axes[1].annotate(label, (r["wall_clock_s"], asr), fontsize=7, xytext=(3, 3), textcoords="offset points")
+        attacked = [c for c in r["curve"] if c.get("asr")]
+        if attacked:  # one point per attacked checkpoint; training-free methods are a single point
+            xs, ys = [c["train_s"] for c in attacked], [max(c["asr"].values()) for c in attacked]
+            axes[1].plot(xs, ys, marker="o", ms=4, label=label)
+            axes[1].annotate(label, (xs[-1], ys[-1]), fontsize=7, xytext=(3, 3), textcoords="offset points")
+        elif _max_asr(r) is not None:
+            axes[1].scatter([r["wall_clock_s"]], [_max_asr(r)], s=40, label=label)
+            axes[1].annotate(label, (r["wall_clock_s"], _max_asr(r)), fontsize=7, xytext=(3, 3), textcoords="offset points")
     axes[0].set_title("forget rate over training wall-clock")
     axes[0].set_xlabel("training seconds")
     axes[0].set_ylim(-0.03, 1.03)
     axes[0].legend(fontsize=6)
-    axes[1].set_title("ASR (strongest attack) vs wall-clock")
+    axes[1].set_title("ASR (strongest attack) over training wall-clock")
     axes[1].set_xlabel("training seconds")
     axes[1].set_ylim(-0.03, 1.03)
     if not any(r.get("asr") for r in entry["methods"].values()):

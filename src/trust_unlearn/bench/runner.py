@@ -18,6 +18,7 @@ Finished (task, method) results are reused when the same command is run again (r
 """
 from __future__ import annotations
 
+import copy
 import csv
 import hashlib
 import itertools
@@ -56,10 +57,11 @@ METHOD_DEFAULTS = {
 }
 PROFILES = {
     # steps of trained methods; evaluation sizes; attack prompts
+    # attack_curve: also attack every checkpoint, so ASR is a curve over training wall-clock
     "full": {"steps": 60, "eval": {"target_prompts": 8, "target_seeds": 4, "retain_seeds": 2}, "checkpoints": 3,
-             "common": {}, "attack_prompts": 4},
+             "common": {}, "attack_prompts": 4, "attack_curve": True},
     "quick": {"steps": 12, "eval": {"target_prompts": 4, "target_seeds": 2, "retain_seeds": 1}, "checkpoints": 1,
-              "common": {"cache_images": 16, "cache_steps": 10}, "attack_prompts": None},
+              "common": {"cache_images": 16, "cache_steps": 10}, "attack_prompts": None, "attack_curve": False},
 }
 FORGET_TARGET, RETAIN_SLACK = 0.05, 0.03
 
@@ -78,6 +80,7 @@ class BenchConfig:
     checkpoints: int | None = None  # evaluations during training (profile default)
     attack_budget: int | None = None
     attack_prompts: int | None = None
+    attack_curve: bool | None = None  # attack every checkpoint too (ASR over wall-clock; profile default)
     eval: dict = field(default_factory=dict)  # EvalConfig overrides (profile default)
     common: dict = field(default_factory=dict)  # CommonConfig overrides for every method (e.g. cache_images)
     overrides: dict = field(default_factory=dict)  # label -> {"common": {...}, "method_args": {...}}
@@ -292,13 +295,26 @@ def run_method(label: str, task: str, cfg: BenchConfig, p: dict, original, befor
                 os.replace(tmp, path)
             ctx.cache_original_images = compute_and_share
 
+    def attack(model, where: Path) -> dict:
+        from trust_unlearn.attacks import run_attack_suite
+
+        n_prompts = cfg.attack_prompts if cfg.attack_prompts is not None else cfg.profile["attack_prompts"]
+        return run_attack_suite(model, original, concept, p["attacks"], seed=cfg.seed, budget=cfg.attack_budget,
+                                out=where, quick=cfg.quick, show_progress=False, n_prompts=n_prompts)
+
+    attack_curve = cfg.attack_curve if cfg.attack_curve is not None else cfg.profile["attack_curve"]
+
     def on_step(k):
         if k + 1 in ck_steps:
             rows = [json.loads(x) for x in partial_log.read_text().splitlines()]
             train_s = sum(r["seconds"] for r in rows)
             res = _evaluate(state["ctx"].model, concept, p["eval"], original)
-            state["curve"].append({"step": k + 1, "train_s": train_s, "forget_rate": res["forget_rate"],
-                                   "retain_accuracy": res["retain_accuracy"], "alignment": res["alignment"]})
+            point = {"step": k + 1, "train_s": train_s, "forget_rate": res["forget_rate"],
+                     "retain_accuracy": res["retain_accuracy"], "alignment": res["alignment"]}
+            if p["attacks"] and attack_curve:  # on a copy: attacks must not touch the weights being trained
+                found = attack(copy.deepcopy(state["ctx"].model), mdir / f"attacks-step{k + 1}")
+                point["asr"] = {a: r["asr"] for a, r in found.items()}
+            state["curve"].append(point)
 
     t0 = time.perf_counter()
     with RssSampler() as rss:
@@ -321,14 +337,11 @@ def run_method(label: str, task: str, cfg: BenchConfig, p: dict, original, befor
         "asr": {}, "attack_seconds": {},
     }
     if p["attacks"]:
-        from trust_unlearn.attacks import run_attack_suite
-
-        attacks = run_attack_suite(model, original, concept, p["attacks"], seed=cfg.seed, budget=cfg.attack_budget,
-                                   out=mdir / "attacks", quick=cfg.quick, show_progress=False,
-                                   n_prompts=cfg.attack_prompts if cfg.attack_prompts is not None else cfg.profile["attack_prompts"])
+        attacks = attack(model, mdir / "attacks")
         result["asr"] = {a: r["asr"] for a, r in attacks.items()}
         result["attack_seconds"] = {a: r["seconds"] for a, r in attacks.items()}
         result["pre_attack_asr"] = next(iter(attacks.values()))["pre_attack_asr"]
+        curve[-1]["asr"] = result["asr"]
     write_json(mdir / "result.json", result)
     return result
 
