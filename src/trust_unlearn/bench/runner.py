@@ -57,11 +57,15 @@ METHOD_DEFAULTS = {
 }
 PROFILES = {
     # steps of trained methods; evaluation sizes; attack prompts
-    # attack_curve: also attack every checkpoint, so ASR is a curve over training wall-clock
-    "full": {"steps": 60, "eval": {"target_prompts": 8, "target_seeds": 4, "retain_seeds": 2}, "checkpoints": 3,
-             "common": {}, "attack_prompts": 4, "attack_curve": True},
+    # steps: TRUST's own default, shared by every trained method. attack_curve: also attack every checkpoint,
+    # so ASR is a curve over training wall-clock. attack_budget: None = each attack's default; the full
+    # profile halves them (2 prompts x 4 attacks x 3 attacked points per method must fit the 90-minute suite).
+    "full": {"steps": 200, "eval": {"target_prompts": 8, "target_seeds": 4, "retain_seeds": 2}, "checkpoints": 2,
+             "common": {}, "attack_prompts": 2, "attack_curve": True,
+             "attack_budget": {"unlearndiffatk": 15, "p4d": 15, "ringabell": 20, "mma": 15, "paraphrase": 6}},
     "quick": {"steps": 12, "eval": {"target_prompts": 4, "target_seeds": 2, "retain_seeds": 1}, "checkpoints": 1,
-              "common": {"cache_images": 16, "cache_steps": 10}, "attack_prompts": None, "attack_curve": False},
+              "common": {"cache_images": 16, "cache_steps": 10}, "attack_prompts": None, "attack_curve": False,
+              "attack_budget": None},
 }
 FORGET_TARGET, RETAIN_SLACK = 0.05, 0.03
 
@@ -299,7 +303,8 @@ def run_method(label: str, task: str, cfg: BenchConfig, p: dict, original, befor
         from trust_unlearn.attacks import run_attack_suite
 
         n_prompts = cfg.attack_prompts if cfg.attack_prompts is not None else cfg.profile["attack_prompts"]
-        return run_attack_suite(model, original, concept, p["attacks"], seed=cfg.seed, budget=cfg.attack_budget,
+        budget = cfg.attack_budget if cfg.attack_budget is not None else cfg.profile["attack_budget"]
+        return run_attack_suite(model, original, concept, p["attacks"], seed=cfg.seed, budget=budget,
                                 out=where, quick=cfg.quick, show_progress=False, n_prompts=n_prompts)
 
     attack_curve = cfg.attack_curve if cfg.attack_curve is not None else cfg.profile["attack_curve"]
