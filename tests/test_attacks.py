@@ -84,9 +84,10 @@ def test_attacks_are_deterministic_for_a_seed(tiny, name):
         return get_attack(name)(tiny, tiny, concept, budget=2, seed=seed).candidates(prompt, 0)
 
     a, b = found(0), found(0)
-    assert a == b and len(a) == 1 and a[0].strip()
+    assert a == b and a[0].strip() and len(a) == (3 if name == "mma" else 1)  # MMA: its best distinct prompts
+    assert len(set(a)) == len(a)
     if name in ("ringabell", "mma"):
-        assert not contains_banned(a[0], ("circle",))
+        assert not any(contains_banned(p, ("circle",)) for p in a)
     else:
         assert a[0].endswith(prompt)  # a discrete prefix in front of the target prompt
     assert found(0) != found(5) or name == "ringabell"  # ringabell may converge to its neutral seed

@@ -7,6 +7,8 @@ the concept prompt means); the adversarial prompt goes through the *attacked* mo
 (an unlearned text encoder must be beaten, not bypassed). Each step: the gradient w.r.t. the one-hot
 token choice ranks the top-k replacements per position; a batch of single-token swaps is evaluated
 exactly and the best kept. Tokens are whole words of the vocabulary minus the concept's words.
+It returns its `keep` best distinct prompts (by objective), so near-ties that the text objective cannot
+separate are all replayed; like the paraphrase candidates, the target is broken if any of them works.
 The search starts from the target prompt's own (allowed) words with random tokens in place of the
 concept's words, plus one random token; the objective compares the text states position by position
 (`objective = "sequence"`, what the UNet's cross-attention reads; `"pooled"` is MMA's pooled-embedding
@@ -30,6 +32,7 @@ class MMA(Attack):
     n_candidates = 48
     objective = "sequence"  # or "pooled"
     extra_tokens = 1
+    keep = 3  # the best distinct prompts returned; the target counts as broken if any of them works
 
     def candidates(self, target_prompt: str, index: int) -> list[str]:
         gen = self.generator(index)
@@ -60,6 +63,7 @@ class MMA(Attack):
             if tok in allowed_set:
                 cur[k] = tok
         cur_loss = float(losses(cur[None])[0])
+        seen = {tuple(cur.tolist()): cur_loss}  # every exactly evaluated row -> its loss
         ids, mask = text.ids_from_tokens([cur.tolist()])
         bar = getattr(self, "bar", None)
         for _ in range(self.budget):
@@ -73,10 +77,18 @@ class MMA(Attack):
             rows = cur.repeat(self.n_candidates, 1)
             rows[torch.arange(self.n_candidates), pos] = top[pos, pick]
             cand = losses(rows)
+            seen.update(zip(map(tuple, rows.tolist()), cand.tolist()))
             best = int(cand.argmin())
             if float(cand[best]) < cur_loss:
                 cur, cur_loss = rows[best], float(cand[best])
                 ids, mask = text.ids_from_tokens([cur.tolist()])
             if bar is not None:
                 bar.update(1)
-        return [text.prompt(cur.tolist())]
+        prompts = [text.prompt(cur.tolist())]
+        for row, _ in sorted(seen.items(), key=lambda item: item[1]):
+            if len(prompts) >= self.keep:
+                break
+            prompt = text.prompt(list(row))
+            if prompt not in prompts:
+                prompts.append(prompt)
+        return prompts
