@@ -45,7 +45,7 @@ import sys, json, torch
 from diffusers import DiffusionPipeline
 pipe = DiffusionPipeline.from_pretrained({str(out)!r})
 assert not any(m.startswith("trust_unlearn") for m in sys.modules)
-lat = torch.stack([torch.randn((4, 8, 8), generator=torch.Generator().manual_seed(s)) for s in (7, 8)])
+lat = torch.stack([torch.randn((pipe.unet.config.in_channels, 8, 8), generator=torch.Generator().manual_seed(s)) for s in (7, 8)])
 img = pipe(["a red circle on a striped background"] * 2, latents=lat * pipe.scheduler.init_noise_sigma,
            num_inference_steps=8, guidance_scale=2.5, height=32, width=32, output_type="pt").images
 torch.save(img, {str(tmp_path / "plain.pt")!r})

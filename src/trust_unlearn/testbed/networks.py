@@ -15,18 +15,19 @@ from trust_unlearn.world.shapes import BACKGROUNDS, COLOURS, SHAPES
 
 TEXT_DIM = 384  # MiniLM hidden size
 TOKENIZER_MAX_LENGTH = 16
+LATENT_CHANNELS = 8  # 8x8x4 (SD's channel count) capped shape accuracy at ~91 % on reconstructions; 8x8x8 reads ~97 %
 
 
 def build_vae() -> AutoencoderKL:
-    """32x32x3 <-> 8x8x4 latent (two downsamplings), like SD's VAE but tiny."""
+    """32x32x3 <-> 8x8x8 latent (two downsamplings), like SD's VAE but tiny."""
     return AutoencoderKL(
         in_channels=3,
         out_channels=3,
         down_block_types=("DownEncoderBlock2D",) * 3,
         up_block_types=("UpDecoderBlock2D",) * 3,
-        block_out_channels=(16, 32, 64),
+        block_out_channels=(32, 64, 64),
         layers_per_block=1,
-        latent_channels=4,
+        latent_channels=LATENT_CHANNELS,
         norm_num_groups=16,
         sample_size=32,
         mid_block_add_attention=False,
@@ -34,11 +35,11 @@ def build_vae() -> AutoencoderKL:
 
 
 def build_unet() -> UNet2DConditionModel:
-    """A small SD-style UNet on the 8x8x4 latent; cross-attention (attn2) reads MiniLM states."""
+    """A small SD-style UNet on the 8x8x8 latent; cross-attention (attn2) reads MiniLM states."""
     return UNet2DConditionModel(
         sample_size=8,
-        in_channels=4,
-        out_channels=4,
+        in_channels=LATENT_CHANNELS,
+        out_channels=LATENT_CHANNELS,
         down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
         up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
         block_out_channels=(64, 96, 96),
