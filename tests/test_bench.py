@@ -176,6 +176,8 @@ def test_report_renders_a_tiny_result_set(tmp_path, capsys):
     assert "ASR p4d" in text and "75.0%" in text and "original" in text
     lines = (tmp_path / "results.csv").read_text().splitlines()
     assert lines[0].endswith("asr_p4d") and len(lines) == 4
+    md = (tmp_path / "results.md").read_text().splitlines()
+    assert md[0] == "### circle" and md[2].startswith("| method | forget | ASR p4d |") and len(md) == 2 + 2 + 3
 
 
 def test_report_only_rebuilds_from_bench_json(tmp_path):

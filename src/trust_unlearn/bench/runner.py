@@ -467,10 +467,22 @@ def write_results(results: dict, out: Path) -> None:
                         entry["before"]["alignment"]] + [""] * (len(CSV_FIELDS) - 8 + len(attacks)))
             for r in entry["methods"].values():
                 w.writerow([r.get(k) for k in CSV_FIELDS] + [r["asr"].get(a) for a in attacks])
+    (out / "results.md").write_text(markdown_tables(results))
     write_html(results, out)
 
 
 # ------------------------------------------------------------------ printing
+def markdown_tables(results: dict) -> str:
+    """The printed tables as Markdown (one per task), ready to paste into a README or an issue."""
+    parts = []
+    for task, entry in results["tasks"].items():
+        head, rows = table_rows(entry, results["plan"]["attacks"])
+        lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        lines += ["| " + " | ".join(row) + " |" for row in rows]
+        parts.append(f"### {task}\n\n" + "\n".join(lines) + "\n")
+    return "\n".join(parts)
+
+
 def fmt_pct(v) -> str:
     return "-" if v is None else f"{v:.1%}"
 
