@@ -69,14 +69,15 @@ def curves_over_wall_clock(entry: dict) -> str:
     for label, r in entry["methods"].items():
         xs = [0.0] + [c["train_s"] for c in r["curve"]]
         axes[0].plot(xs, [entry["before"]["forget_rate"]] + [c["forget_rate"] for c in r["curve"]], marker="o", ms=3, label=label)
-        attacked = [c for c in r["curve"] if c.get("asr")]
-        if attacked:  # one point per attacked checkpoint; training-free methods are a single point
-            xs, ys = [c["train_s"] for c in attacked], [max(c["asr"].values()) for c in attacked]
+        # one point per attacked checkpoint; training-free methods (and results saved before checkpoints
+        # were attacked) have only the final model's ASR
+        points = [(c["train_s"], max(c["asr"].values())) for c in r["curve"] if c.get("asr")]
+        if not points and _max_asr(r) is not None:
+            points = [(r["wall_clock_s"], _max_asr(r))]
+        if points:
+            xs, ys = zip(*points)
             axes[1].plot(xs, ys, marker="o", ms=4, label=label)
-            axes[1].annotate(label, (xs[-1], ys[-1]), fontsize=7, xytext=(3, 3), textcoords="offset points")
-        elif _max_asr(r) is not None:
-            axes[1].scatter([r["wall_clock_s"]], [_max_asr(r)], s=40, label=label)
-            axes[1].annotate(label, (r["wall_clock_s"], _max_asr(r)), fontsize=7, xytext=(3, 3), textcoords="offset points")
+            axes[1].annotate(label, points[-1], fontsize=7, xytext=(3, 3), textcoords="offset points")
     axes[0].set_title("forget rate over training wall-clock")
     axes[0].set_xlabel("training seconds")
     axes[0].set_ylim(-0.03, 1.03)

@@ -107,6 +107,11 @@ class BenchConfig:
     def profile(self) -> dict:
         return PROFILES["quick" if self.quick else "full"]
 
+    def setting(self, name: str):
+        """This config's value for `name`, or its profile's default when unset (None)."""
+        value = getattr(self, name)
+        return self.profile[name] if value is None else value
+
 
 # ------------------------------------------------------------------ parsing and validation
 def parse_method_label(label: str) -> tuple[str, dict]:
@@ -171,8 +176,7 @@ def plan(cfg: BenchConfig) -> dict:
             print(f"[bench] attacks are not available ({err}); running without them")
         else:
             attacks = resolve_attacks([a for a in cfg.attacks if str(a).lower() != "none"])
-    steps = cfg.steps if cfg.steps is not None else cfg.profile["steps"]
-    checkpoints = cfg.checkpoints if cfg.checkpoints is not None else cfg.profile["checkpoints"]
+    steps, checkpoints = cfg.setting("steps"), cfg.setting("checkpoints")
     if steps < 1 or checkpoints < 0:
         raise UserError("--steps must be at least 1 and --checkpoints at least 0")
     if cfg.attack_budget is not None and cfg.attack_budget < 1:
@@ -302,12 +306,10 @@ def run_method(label: str, task: str, cfg: BenchConfig, p: dict, original, befor
     def attack(model, where: Path) -> dict:
         from trust_unlearn.attacks import run_attack_suite
 
-        n_prompts = cfg.attack_prompts if cfg.attack_prompts is not None else cfg.profile["attack_prompts"]
-        budget = cfg.attack_budget if cfg.attack_budget is not None else cfg.profile["attack_budget"]
-        return run_attack_suite(model, original, concept, p["attacks"], seed=cfg.seed, budget=budget,
-                                out=where, quick=cfg.quick, show_progress=False, n_prompts=n_prompts)
+        return run_attack_suite(model, original, concept, p["attacks"], seed=cfg.seed, budget=cfg.setting("attack_budget"),
+                                out=where, quick=cfg.quick, show_progress=False, n_prompts=cfg.setting("attack_prompts"))
 
-    attack_curve = cfg.attack_curve if cfg.attack_curve is not None else cfg.profile["attack_curve"]
+    attack_curve = cfg.setting("attack_curve")
 
     def on_step(k):
         if k + 1 in ck_steps:
