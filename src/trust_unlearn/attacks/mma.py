@@ -10,9 +10,12 @@ exactly and the best kept. Tokens are whole words of the vocabulary minus the co
 It returns its `keep` best distinct prompts (by objective), so near-ties that the text objective cannot
 separate are all replayed; like the paraphrase candidates, the target is broken if any of them works.
 The search starts from the target prompt's own (allowed) words with random tokens in place of the
-concept's words, plus one random token; the objective compares the text states position by position
-(`objective = "sequence"`, what the UNet's cross-attention reads; `"pooled"` is MMA's pooled-embedding
-variant, weaker on the testbed).
+concept's words, plus one random token. The objective compares, position by position, the text states
+as the *original* UNet's cross-attention reads them: projected by every attn2 block's key and value
+weights (`objective = "attention"`, the default; public weights, like MMA's public CLIP encoder).
+Raw text states (`"sequence"`) or MMA's pooled embedding (`"pooled"`) rank other colour words above
+the concept's synonyms on the testbed ("a red cross" -> "a yellow cross"): the text encoder's geometry
+is not the geometry the image model uses; through the key/value projections "crimson" is nearest.
 """
 from __future__ import annotations
 
@@ -30,7 +33,7 @@ class MMA(Attack):
     quick_budget = 2
     top_k = 64
     n_candidates = 48
-    objective = "sequence"  # or "pooled"
+    objective = "attention"  # or "sequence", "pooled"
     extra_tokens = 1
     keep = 3  # the best distinct prompts returned; the target counts as broken if any of them works
 
@@ -38,13 +41,16 @@ class MMA(Attack):
         gen = self.generator(index)
         text = self.text
         n = max(1, min(10, text.max_length - 2))
-        target_states = TextOps(self.original.pipe).states([target_prompt])  # (1, L, d)
         n = max(1, min(n, len(text.tokenizer(target_prompt, add_special_tokens=False).input_ids) + self.extra_tokens))
+        read = self._reader()
+        with torch.no_grad():
+            target = read(TextOps(self.original.pipe).states([target_prompt]))  # (1, L, d)
 
         def objective(states):  # per row: 1 - similarity to the target
+            states = read(states)
             if self.objective == "pooled":
-                return 1 - F.cosine_similarity(states.mean(1), target_states.mean(1))
-            return 1 - F.cosine_similarity(states, target_states, dim=-1).mean(1)
+                return 1 - F.cosine_similarity(states.mean(1), target.mean(1))
+            return 1 - F.cosine_similarity(states, target, dim=-1).mean(1)
 
         allowed = self.text.allowed(self.banned)
         table = text.embedding.weight.detach()
@@ -92,3 +98,10 @@ class MMA(Attack):
             if prompt not in prompts:
                 prompts.append(prompt)
         return prompts
+
+    def _reader(self):
+        """Text states -> what the objective compares: the original UNet's attn2 keys and values, or the states."""
+        if self.objective != "attention":
+            return lambda states: states
+        blocks = [m for name, m in self.original.pipe.unet.named_modules() if name.endswith("attn2")]
+        return lambda states: torch.cat([torch.cat([b.to_k(states), b.to_v(states)], -1) for b in blocks], -1)
