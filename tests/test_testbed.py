@@ -77,5 +77,28 @@ def test_check_reports_bars_and_heldout(testbed):
     result = check_testbed(testbed, images_per_prompt=1, heldout_images=1)
     assert set(result["in_vocabulary"]) == {"shape", "colour", "background"}
     assert result["n_in_vocabulary"] == 16 and result["n_heldout"] == 64
+    by_shape = result["shape_accuracy_by_shape"]
+    assert set(by_shape) == {"circle", "square", "triangle", "cross"}
+    assert abs(sum(by_shape.values()) / 4 - result["in_vocabulary"]["shape"]) < 1e-9  # 4 prompts per shape
     assert all(0 <= v <= 1 for v in result["heldout"].values())
     assert len(result["heldout_evoked"]) == 64
+
+
+def test_training_stages_chain_and_skip_when_done(tmp_path, capsys):
+    """vae -> unet -> unet_refine on a few steps: the refine stage warm-starts from the unet stage's
+    weights, moves them, and finished stages are skipped on a re-run."""
+    from diffusers import UNet2DConditionModel
+
+    from trust_unlearn.testbed.train import TrainConfig, train_testbed
+
+    cfg = TrainConfig(vae_steps=2, vae_batch=4, unet_steps=2, unet_refine_steps=2, unet_batch=4,
+                      checkpoint_every=1, stages=["vae", "unet"])
+    train_testbed(tmp_path, cfg)
+    first = UNet2DConditionModel.from_pretrained(tmp_path / "unet").state_dict()
+    cfg.stages = ["vae", "unet", "unet_refine"]
+    train_testbed(tmp_path, cfg)
+    assert "stage vae: done already" in capsys.readouterr().out
+    refined = UNet2DConditionModel.from_pretrained(tmp_path / "unet").state_dict()
+    assert any(not torch.equal(first[k], refined[k]) for k in first)
+    assert json.loads((tmp_path / "unet_refine.json").read_text())["unet_refine_steps"] == 2
+    assert set(json.loads((tmp_path / "stage_seconds.json").read_text())) == {"vae", "unet", "unet_refine"}

@@ -118,7 +118,7 @@ def _testbed_args(p):
     t = sub.add_parser("train", help="rebuild the testbed weights from scratch (resumable)")
     t.add_argument("--out", default="runs/testbed", help="weights folder (re-run to resume)")
     t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--stages", nargs="+", default=None, help="subset of vae unet judge scorer")
+    t.add_argument("--stages", nargs="+", default=None, help="subset of vae unet unet_refine decoder judge scorer (default: all)")
     t.add_argument("--unet-steps", type=int, default=None)
     t.add_argument("--install", action="store_true", help="copy the result over the shipped weights")
     c = sub.add_parser("check", help="the quality bar: judge accuracy of generated images")
@@ -178,6 +178,7 @@ def _testbed_check(args):
     result = check_testbed(model, images_per_prompt=args.images, seed=args.seed)
     iv, ho, bars = result["in_vocabulary"], result["heldout"], result["bars"]
     rows = [(f"in-vocabulary {a} (bar {bars[a]:.0%})", f"{iv[a]:.1%}  {'ok' if iv[a] >= bars[a] else 'MISSED'}") for a in bars]
+    rows.append(("  shape accuracy per shape", "  ".join(f"{k} {v:.0%}" for k, v in result["shape_accuracy_by_shape"].items())))
     rows += [(f"held-out paraphrase {a} (no bar)", f"{ho[a]:.1%}") for a in bars]
     rows.append(("images (in-vocabulary / held-out)", f"{result['n_in_vocabulary']} / {result['n_heldout']}"))
     print_table(f"testbed check: {args.model} (DDIM {result['num_inference_steps']} steps, guidance {result['guidance_scale']})", rows)

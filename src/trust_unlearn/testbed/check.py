@@ -33,7 +33,10 @@ def check_testbed(model: LoadedModel, images_per_prompt: int = 32, heldout_image
     rep = lambda xs, n: [x for x in xs for _ in range(n)]  # noqa: E731
     seeds = [seed * 100_000 + k for k in range(len(prompts) * images_per_prompt)]
     images = generate(model, rep(prompts, images_per_prompt), seeds, desc="check in-vocabulary")
-    in_vocab = _score(judge.read(images), rep(scenes, images_per_prompt))
+    readings, truth = judge.read(images), rep(scenes, images_per_prompt)
+    in_vocab = _score(readings, truth)
+    by_shape = {shape: _score(*zip(*[(r, s) for r, s in zip(readings, truth) if s.shape == shape]))["shape"]
+                for shape in SHAPES}
 
     phrases = heldout_phrases()
     h_prompts = rep([p for p, _ in phrases], heldout_images)
@@ -50,7 +53,7 @@ def check_testbed(model: LoadedModel, images_per_prompt: int = 32, heldout_image
         }
     passed = all(in_vocab[a] >= bar for a, bar in BARS.items())
     return {
-        "model": model.source, "in_vocabulary": in_vocab, "heldout": heldout, "bars": BARS, "passed": passed,
+        "model": model.source, "in_vocabulary": in_vocab, "shape_accuracy_by_shape": by_shape, "heldout": heldout, "bars": BARS, "passed": passed,
         "n_in_vocabulary": len(seeds), "n_heldout": len(h_seeds), "num_inference_steps": model.num_inference_steps,
         "guidance_scale": model.guidance_scale, "heldout_evoked": evoked,
     }
