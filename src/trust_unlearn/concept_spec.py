@@ -18,10 +18,11 @@ from trust_unlearn.world.shapes import Scene
 
 # The attribute an anchor replaces, in order of preference: the object before its colour or context.
 _ANCHOR_ORDER = ("shape", "colour", "background")
-# What each value becomes: the most distinct value of its attribute. On the testbed a square is read
-# as a circle about half the time (its corners are soft), so circle -> square would leave "circles".
+# What each value becomes. Measured on testbed v3 for circle (CIP, default settings): -> cross forgets
+# but turns squares into circles (retain 93.8 -> 81.8 %); -> square leaves "circles" (forget 34 %);
+# -> triangle forgets (1 %) with the least collateral (retain 89.6 %).
 ANCHOR_VALUE = {
-    "circle": "cross", "square": "cross", "triangle": "cross", "cross": "circle",
+    "circle": "triangle", "square": "cross", "triangle": "cross", "cross": "circle",
     "red": "blue", "green": "red", "blue": "yellow", "yellow": "blue",
     "plain": "striped", "striped": "plain",
 }
