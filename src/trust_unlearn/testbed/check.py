@@ -35,8 +35,10 @@ def check_testbed(model: LoadedModel, images_per_prompt: int = 32, heldout_image
     images = generate(model, rep(prompts, images_per_prompt), seeds, desc="check in-vocabulary")
     readings, truth = judge.read(images), rep(scenes, images_per_prompt)
     in_vocab = _score(readings, truth)
-    by_shape = {shape: _score(*zip(*[(r, s) for r, s in zip(readings, truth) if s.shape == shape]))["shape"]
-                for shape in SHAPES}
+    by_shape = {}
+    for shape in SHAPES:
+        read_as = [r["shape"] for r, s in zip(readings, truth) if s.shape == shape]
+        by_shape[shape] = read_as.count(shape) / len(read_as)
 
     phrases = heldout_phrases()
     h_prompts = rep([p for p, _ in phrases], heldout_images)

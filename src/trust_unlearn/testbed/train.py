@@ -1,6 +1,6 @@
 """`trust testbed train`: rebuild the testbed's weights from scratch, seeded and resumable.
 
-Five stages, each a fresh-data training loop (a new procedural batch every step):
+Six stages, each a fresh-data training loop (a new procedural batch every step):
   vae     -> AutoencoderKL, 32x32x3 <-> 8x8x8, then its latent scaling factor
   unet    -> UNet2DConditionModel on VAE latents, text states exactly as encode_prompt makes them,
              caption dropout for classifier-free guidance, min-SNR weighting, EMA
@@ -203,15 +203,12 @@ def train_unet(work: Path, cfg: TrainConfig) -> None:
 
 def train_unet_refine(work: Path, cfg: TrainConfig) -> None:
     """Warm restarts: each cycle starts from the previous one's EMA weights (resumable per cycle)."""
-    progress_file = work / "checkpoints" / "unet_refine_cycles.json"
-    done = json.loads(progress_file.read_text()) if progress_file.exists() else []
-    for i, lr in enumerate(cfg.unet_refine_lrs):
-        if i < len(done):
-            continue
+    finished_file = work / "checkpoints" / "unet_refine_cycles_done.txt"
+    finished = int(finished_file.read_text()) if finished_file.exists() else 0
+    for i, lr in enumerate(cfg.unet_refine_lrs[finished:], start=finished):
         unet = UNet2DConditionModel.from_pretrained(work / "unet")
         _train_diffusion(work, cfg, "unet_refine", unet, cfg.unet_refine_steps, lr, part=f"-cycle{i + 1}")
-        done.append(lr)
-        write_json(progress_file, done)
+        finished_file.write_text(str(i + 1))
     write_json(work / "unet_refine.json", {"unet_refine_steps": cfg.unet_refine_steps, "lrs": list(cfg.unet_refine_lrs)})
 
 
