@@ -179,7 +179,7 @@ def test_bad_inputs_give_one_clear_error(tiny_run_config, tiny_model_dir, overri
 def test_nan_loss_is_reported(tiny_run_config, monkeypatch):
     from trust_unlearn.methods.base import RunContext
 
-    monkeypatch.setattr(RunContext, "preservation_loss", lambda self, batch: (torch.tensor(float("nan")), torch.tensor(0.0)))
+    monkeypatch.setattr(RunContext, "preservation_loss", lambda self, *args: (torch.tensor(float("nan")), torch.tensor(0.0)))
     with pytest.raises(UserError, match="loss became nan"):
         run_unlearn(tiny_run_config())
 
@@ -196,3 +196,38 @@ def test_unet_without_cross_attention_is_refused(tiny_run_config, tmp_path):
 def test_out_inside_the_model_is_refused(tiny_run_config, tiny_model_dir):
     with pytest.raises(UserError, match="overlaps the input model"):
         run_unlearn(tiny_run_config(out=str(tiny_model_dir / "result")))
+
+
+def test_guided_objective_is_relative_cfg_distance(tiny_model_dir):
+    """L_prev's "guided" form: zero at the original weights; after a change it equals
+    ||guided(c) - guided0(c')||^2 / ||w (eps0(c') - eps0(""))||^2 per sample, averaged."""
+    from torch.func import functional_call
+
+    from trust_unlearn.concept_spec import resolve_spec
+    from trust_unlearn.methods.base import CommonConfig, RunContext
+    from trust_unlearn.pipeline import load_model
+
+    model = load_model(str(tiny_model_dir))
+    spec = resolve_spec("a red circle", "a blue square", ["a green cross"], None, False)
+    ctx = RunContext(model, spec, CommonConfig())
+    unet = model.pipe.unet
+    ctx.freeze_original(dict(unet.named_parameters()))
+    z_t, t = torch.randn(3, unet.config.in_channels, 8, 8, generator=torch.Generator().manual_seed(1)), torch.tensor([10, 500, 990])
+    cond, ref = ctx.text(["a red circle"] * 3), ctx.text(["a blue square"] * 3)
+    assert ctx._moved(z_t, t, cond, cond, "guided").item() == 0.0
+    with torch.no_grad():
+        next(m for n, m in unet.named_modules() if n.endswith("attn2.to_k")).weight.mul_(1.5)
+
+    def guided(c, params=None):
+        run = (lambda x, tt, s: unet(x, tt, encoder_hidden_states=s).sample) if params is None else (
+            lambda x, tt, s: functional_call(unet, params, (x, tt), {"encoder_hidden_states": s}).sample)
+        u, e = run(z_t, t, ctx.uncond.expand(3, -1, -1)), run(z_t, t, c)
+        return u + ctx.guidance * (e - u), ctx.guidance * (e - u)
+
+    with torch.no_grad():
+        now, _ = guided(cond)
+        then, direction = guided(ref, ctx.original)
+        expected = ((now - then).pow(2).mean((1, 2, 3)) / direction.pow(2).mean((1, 2, 3))).mean()
+        got = ctx._moved(z_t, t, cond, ref, "guided")
+    assert torch.allclose(got, expected, rtol=1e-4) and got > 0
+    assert ctx._moved(z_t, t, cond, ref, "conditional") > 0

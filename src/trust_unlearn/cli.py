@@ -227,6 +227,8 @@ def _unlearn_args(p):
     t.add_argument("--beta", type=float, default=None, help="regulariser weight")
     t.add_argument("--alpha", type=float, default=None, help="retain-term weight")
     t.add_argument("--reg", choices=("cip", "csr", "none"), default=None)
+    t.add_argument("--objective", choices=("guided", "conditional"), default=None,
+                   help="L_prev on the guided prediction, relative (default), or SalUn's conditional eps")
     t.add_argument("--mask-every", type=int, default=None, help="re-estimate the mask every k steps (1; 0 = static)")
     t.add_argument("--saliency-steps", type=int, default=None)
     t.add_argument("--backprop-depth", type=int, default=None)
@@ -236,7 +238,7 @@ def _unlearn_args(p):
 
 _COMMON_FLAGS = ("steps", "lr", "batch", "seed", "guidance", "cache_images", "mixed_precision", "gradient_checkpointing",
                  "attention_slicing")
-_TRUST_FLAGS = ("xi", "beta", "alpha", "reg", "mask_every", "saliency_steps", "backprop_depth", "saliency_batch",
+_TRUST_FLAGS = ("xi", "beta", "alpha", "reg", "objective", "mask_every", "saliency_steps", "backprop_depth", "saliency_batch",
                 "saliency_resolution")
 
 

@@ -16,9 +16,12 @@ from trust_unlearn.world.captions import TRAIN_TEMPLATES, mentioned
 from trust_unlearn.world.concepts import Concept, FULL_TEMPLATES, caption, parse_concept, retain_scenes, target_scenes
 from trust_unlearn.world.shapes import Scene
 
-# The attribute an anchor replaces, in order of preference: the object before its colour or context.
-_ANCHOR_ORDER = ("shape", "colour", "background")
-# What each value becomes. Measured on testbed v3 for circle (CIP, default settings): -> cross forgets
+# The attribute an anchor replaces, in order of preference: the colour, else the object, else the context.
+# Measured on testbed v3 (CIP, guided objective, alpha 2): "red circle" -> "blue circle" keeps retain at
+# 95.4 % where "red triangle" cost 5 points (400 steps); "circle on striped" -> "circle on plain" loses
+# 9 look-alike points at 200 steps where "triangle on striped" keeps them at 400.
+_ANCHOR_ORDER = ("colour", "shape", "background")
+# What each value becomes. Measured on testbed v3 for circle (CIP, conditional objective, 200 steps): -> cross forgets
 # but turns squares into circles (retain 93.8 -> 81.8 %); -> square leaves "circles" (forget 34 %);
 # -> triangle forgets (1 %) with the least collateral (retain 89.6 %).
 ANCHOR_VALUE = {
