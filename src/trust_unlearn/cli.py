@@ -73,8 +73,8 @@ def _evaluate_args(p):
     p.add_argument("--prompts", default=None, help="I2P-style CSV (prompt, seed, case_number) for --judge nudenet")
     p.add_argument("--steps", type=int, default=None, help="DDIM steps (model default)")
     p.add_argument("--reference", default="testbed", help="model whose retain images FD-judge compares against")
-    p.add_argument("--target-seeds", type=int, default=8)
-    p.add_argument("--retain-seeds", type=int, default=8)
+    p.add_argument("--target-seeds", type=int, default=None, help="images per target caption (8)")
+    p.add_argument("--retain-seeds", type=int, default=None, help="images per retain scene (24)")
     p.add_argument("--json", default=None, help="also write the figures here")
 
 
@@ -89,8 +89,8 @@ def cmd_evaluate(args):
     concept = parse_concept(args.concept)
     model = load_model(args.model)
     reference = model if args.reference == args.model else load_model(args.reference)
-    result = evaluate(model, concept, EvalConfig(seed=args.seed, target_seeds=args.target_seeds, retain_seeds=args.retain_seeds,
-                                                num_inference_steps=args.steps), reference)
+    sizes = {k: v for k, v in (("target_seeds", args.target_seeds), ("retain_seeds", args.retain_seeds)) if v is not None}
+    result = evaluate(model, concept, EvalConfig(seed=args.seed, num_inference_steps=args.steps, **sizes), reference)
     print_table(f"evaluate {args.model}", result_rows(result))
     write_json_arg(args.json, result)
 

@@ -26,7 +26,10 @@ from trust_unlearn.world.concepts import Concept, prompt_set, retain_scenes, tar
 class EvalConfig:
     target_prompts: int = 12  # captions of the concept (cycled over its scenes and templates)
     target_seeds: int = 8  # images per target caption
-    retain_seeds: int = 8  # images per retain scene (paired seeds: before and after see the same noise)
+    # images per retain scene (paired seeds: before and after see the same noise). 24, not 8: the 16 look-alike
+    # scenes of "circle on striped background" at 8 seeds are 128 images, a binomial s.e. of ~2.7 points against
+    # a 3-point bar; the original testbed reads 93.8 % at eval seed 0 x 8 and 89.8 % at seed 1 x 24.
+    retain_seeds: int = 24
     seed: int = 0
     num_inference_steps: int | None = None  # model default (25 on the testbed)
     guidance_scale: float | None = None

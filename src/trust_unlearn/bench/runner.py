@@ -57,7 +57,8 @@ METHOD_DEFAULTS = {
 }
 PROFILES = {
     # steps of trained methods; evaluation sizes; attack prompts
-    # steps: TRUST's own default, shared by every trained method. attack_curve: also attack every checkpoint,
+    # steps: shared by every trained method (200: TRUST's default when the full tables were measured; `trust
+    # unlearn` now defaults to 400, see CommonConfig). attack_curve: also attack every checkpoint,
     # so ASR is a curve over training wall-clock. attack_budget: None = each attack's default; the full
     # profile halves them (2 prompts x 4 attacks x 3 attacked points per method must fit the 90-minute suite).
     "full": {"steps": 200, "eval": {"target_prompts": 8, "target_seeds": 4, "retain_seeds": 2}, "checkpoints": 2,
