@@ -72,3 +72,20 @@ def test_sd_folder_end_to_end_through_the_cli(tiny_model_dir, tiny_clip_dir, tmp
     assert main(["attack", "--model", str(out), "--original", str(tiny_model_dir), "--concept", "circle",
                  "--attack", "paraphrase", "--quick", "--out", str(tmp_path / "atk"), "--json", str(tmp_path / "a.json")]) == 0
     assert "paraphrase" in json.loads((tmp_path / "a.json").read_text())
+
+
+@pytest.mark.parametrize("argv,retain_seeds,target_seeds", [([], 24, 8), (["--retain-seeds", "3", "--target-seeds", "2"], 3, 2)])
+def test_evaluate_takes_the_evaluation_sizes_from_evalconfig_unless_given(argv, retain_seeds, target_seeds, monkeypatch):
+    import trust_unlearn.evaluate as evaluation
+
+    class Seen(Exception):
+        pass
+
+    def capture(model, concept, cfg, reference):
+        raise Seen(cfg)
+
+    monkeypatch.setattr(evaluation, "evaluate", capture)
+    with pytest.raises(Seen) as seen:
+        main(["evaluate", "--concept", "circle", *argv])
+    cfg = seen.value.args[0]
+    assert (cfg.retain_seeds, cfg.target_seeds) == (retain_seeds, target_seeds)
