@@ -76,7 +76,7 @@ def test_sd_folder_end_to_end_through_the_cli(tiny_model_dir, tiny_clip_dir, tmp
 
 @pytest.mark.parametrize("argv,retain_seeds,target_seeds", [([], 24, 8), (["--retain-seeds", "3", "--target-seeds", "2"], 3, 2)])
 def test_evaluate_takes_the_evaluation_sizes_from_evalconfig_unless_given(argv, retain_seeds, target_seeds, monkeypatch):
-    import trust_unlearn.evaluate as evaluation
+    import trust_unlearn.evaluation.evaluate as evaluation
 
     class Seen(Exception):
         pass
@@ -89,3 +89,25 @@ def test_evaluate_takes_the_evaluation_sizes_from_evalconfig_unless_given(argv, 
         main(["evaluate", "--concept", "circle", *argv])
     cfg = seen.value.args[0]
     assert (cfg.retain_seeds, cfg.target_seeds) == (retain_seeds, target_seeds)
+
+
+def test_thread_count_comes_from_the_flag_then_the_environment_then_the_cores(monkeypatch):
+    import os
+
+    import torch
+
+    from trust_unlearn.errors import UserError
+    from trust_unlearn.utils import set_cpu_threads
+
+    before = torch.get_num_threads()
+    try:
+        monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+        monkeypatch.delenv("MKL_NUM_THREADS", raising=False)
+        assert set_cpu_threads(1) == 1 and torch.get_num_threads() == 1
+        assert set_cpu_threads() == len(os.sched_getaffinity(0))
+        monkeypatch.setenv("OMP_NUM_THREADS", "1")
+        assert set_cpu_threads() == 1
+        with pytest.raises(UserError, match="--threads must be at least 1"):
+            set_cpu_threads(0)
+    finally:
+        torch.set_num_threads(before)

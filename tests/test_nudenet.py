@@ -10,8 +10,8 @@ pytest.importorskip("nudenet")
 skdata = pytest.importorskip("skimage.data")
 
 from trust_unlearn.errors import UserError  # noqa: E402
-from trust_unlearn.judges import get_judge  # noqa: E402
-from trust_unlearn.judges_nudenet import CLASS_SETS, NudeNetJudge, nudity_decision  # noqa: E402
+from trust_unlearn.evaluation.judges import get_judge  # noqa: E402
+from trust_unlearn.evaluation.nudenet import CLASS_SETS, NudeNetJudge, nudity_decision  # noqa: E402
 
 
 def photo(name: str) -> torch.Tensor:
@@ -88,9 +88,9 @@ def test_bad_options_are_user_errors():
 def test_nudity_report_on_a_prompt_file(tmp_path, judge):
     from conftest import build_tiny_pipeline
 
-    from trust_unlearn.nudity import nudity_report
+    from trust_unlearn.evaluation.nudity import nudity_report
     from trust_unlearn.pipeline import LoadedModel
-    from trust_unlearn.prompt_files import read_prompt_file
+    from trust_unlearn.evaluation.prompt_files import read_prompt_file
 
     path = tmp_path / "i2p.csv"
     path.write_text("case_number,prompt,evaluation_seed,evaluation_guidance\n"

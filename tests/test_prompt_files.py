@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 
 from trust_unlearn.errors import UserError
-from trust_unlearn.prompt_files import (PromptRecord, prompts_and_seeds, read_prompt_file, with_category,
+from trust_unlearn.evaluation.prompt_files import (PromptRecord, prompts_and_seeds, read_prompt_file, with_category,
                                         write_prompt_file)
 
 I2P = ('case_number,prompt,evaluation_seed,evaluation_guidance,categories,nudity_percentage\n'

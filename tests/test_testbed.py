@@ -6,8 +6,8 @@ import sys
 import pytest
 import torch
 
-from trust_unlearn.evaluate import EvalConfig, evaluate
-from trust_unlearn.judges import get_judge
+from trust_unlearn.evaluation.evaluate import EvalConfig, evaluate
+from trust_unlearn.evaluation.judges import get_judge
 from trust_unlearn.pipeline import export_pipeline, generate, load_model
 from trust_unlearn.world.concepts import parse_concept
 from trust_unlearn.world.shapes import random_scenes, render

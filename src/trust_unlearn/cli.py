@@ -80,7 +80,7 @@ def _evaluate_args(p):
 
 @command("evaluate", "forget rate, retain accuracy and FD-judge of a model for a concept")
 def cmd_evaluate(args):
-    from trust_unlearn.evaluate import EvalConfig, evaluate, result_rows
+    from trust_unlearn.evaluation.evaluate import EvalConfig, evaluate, result_rows
     from trust_unlearn.pipeline import load_model
     from trust_unlearn.world.concepts import parse_concept
 
@@ -96,9 +96,9 @@ def cmd_evaluate(args):
 
 
 def _evaluate_nudity(args):
-    from trust_unlearn.nudity import nudity_report
+    from trust_unlearn.evaluation.nudity import nudity_report
     from trust_unlearn.pipeline import load_model
-    from trust_unlearn.prompt_files import read_prompt_file
+    from trust_unlearn.evaluation.prompt_files import read_prompt_file
 
     if not args.prompts:
         raise UserError("--judge nudenet needs --prompts FILE.csv (columns prompt, seed[, case_number]); see docs/nudity.md")
@@ -126,6 +126,11 @@ def _testbed_args(p):
     c.add_argument("--images", type=int, default=32, help="images per in-vocabulary prompt")
     c.add_argument("--record", action="store_true", help="store what held-out phrases evoke beside the weights")
     c.add_argument("--json", default=None)
+    j = sub.add_parser("judges", help="each judge's accuracy on fresh renders per size, and its abstentions")
+    j.add_argument("--judges", nargs="+", default=["shapes", "geometric"])
+    j.add_argument("--per-bucket", type=int, default=256, help="renders per size bucket")
+    j.add_argument("--seed", type=int, default=0)
+    j.add_argument("--json", default=None)
     e = sub.add_parser("export", help="write a complete pipeline folder plain diffusers can load")
     e.add_argument("out", help="folder to write")
     e.add_argument("--model", default="testbed")
@@ -137,7 +142,27 @@ def cmd_testbed(args):
         return _testbed_train(args)
     if args.action == "check":
         return _testbed_check(args)
+    if args.action == "judges":
+        return _testbed_judges(args)
     return _testbed_export(args)
+
+
+def _testbed_judges(args):
+    from trust_unlearn.evaluation.judge_check import check_judge
+
+    results = [check_judge(name, args.per_bucket, args.seed) for name in args.judges]
+    for r in results:
+        rows = [(f"{bucket} (shape / colour / background / abstained)",
+                 " / ".join(f"{v[k]:.1%}" for k in ("shape", "colour", "background", "abstained")))
+                for bucket, v in r["buckets"].items()]
+        rows += [("abstained on clean renders (bar <= 1 %)", f"{r['abstain_clean']:.2%}"),
+                 ("abstained on empty backgrounds", f"{r['abstain_empty']:.1%}"),
+                 ("abstained on amorphous blobs", f"{r['abstain_blob']:.1%}"),
+                 ("bar (>= 98 % shape per bucket from 6 px)", "ok" if not r["missed"] else "MISSED: " + ", ".join(r["missed"]))]
+        print_table(f"judge {r['judge']}: {r['per_bucket']} fresh renders per bucket", rows)
+    write_json_arg(args.json, {"judges": results})
+    if any(r["missed"] for r in results):
+        raise UserError("a judge missed its bar (see MISSED above)")
 
 
 def _testbed_train(args):
@@ -336,6 +361,9 @@ def build_parser() -> argparse.ArgumentParser:
     import importlib
 
     parser = argparse.ArgumentParser(prog="trust", description="TRUST concept unlearning for diffusion models")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="CPU threads for torch (default: OMP_NUM_THREADS if set, else the cores this process may use); "
+                             "give each of N parallel jobs cores/N, or they slow each other down many-fold")
     sub = parser.add_subparsers(dest="command", required=True)
     for name, (fn, help_text) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
@@ -359,6 +387,9 @@ def main(argv: list[str] | None = None) -> int:
     warnings.filterwarnings("ignore", category=FutureWarning)
     args = build_parser().parse_args(argv)
     try:
+        from trust_unlearn.utils import set_cpu_threads
+
+        set_cpu_threads(args.threads)
         args.func(args)
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)

@@ -2,7 +2,8 @@
 
 From CLI flags or a YAML file; on the testbed, sensible defaults are built from the world's
 vocabulary, so `trust unlearn --concept circle` just works. For a combined or conditional concept
-the retain set includes the look-alikes ("red circle": red squares and blue circles).
+the retain set includes look-alikes ("red circle": red squares and blue circles) -- half of them: the
+other half, like half of every retain scene, is kept unseen for the evaluation.
 """
 from __future__ import annotations
 
@@ -12,23 +13,10 @@ from pathlib import Path
 import yaml
 
 from trust_unlearn.errors import UserError
-from trust_unlearn.world.captions import TRAIN_TEMPLATES, mentioned
-from trust_unlearn.world.concepts import Concept, FULL_TEMPLATES, caption, parse_concept, retain_scenes, target_scenes
+from trust_unlearn.evaluation.protocol import RUN_TEMPLATES, TRAIN_FULL_TEMPLATES, retain_split
+from trust_unlearn.world.captions import mentioned
+from trust_unlearn.world.concepts import anchor_substitution, caption, parse_concept, target_scenes
 from trust_unlearn.world.shapes import Scene
-
-# The attribute an anchor replaces, in order of preference: the colour, else the object, else the context.
-# Measured on testbed v3 (CIP, guided objective, alpha 2): "red circle" -> "blue circle" keeps retain at
-# 95.4 % where "red triangle" cost 5 points (400 steps); "circle on striped" -> "circle on plain" loses
-# 9 look-alike points at 200 steps where "triangle on striped" keeps them at 400.
-_ANCHOR_ORDER = ("colour", "shape", "background")
-# What each value becomes. Measured on testbed v3 for circle (CIP, conditional objective, 200 steps): -> cross forgets
-# but turns squares into circles (retain 93.8 -> 81.8 %); -> square leaves "circles" (forget 34 %);
-# -> triangle forgets (1 %) with the least collateral (retain 89.6 %).
-ANCHOR_VALUE = {
-    "circle": "triangle", "square": "cross", "triangle": "cross", "cross": "circle",
-    "red": "blue", "green": "red", "blue": "yellow", "yellow": "blue",
-    "plain": "striped", "striped": "plain",
-}
 
 
 @dataclass
@@ -62,19 +50,13 @@ class ConceptSpec:
         return asdict(self)
 
 
-def _substitute(concept: Concept) -> tuple[str, str]:
-    """The attribute the anchor changes and its replacement value."""
-    attrs = concept.attributes
-    attr = next(a for a in _ANCHOR_ORDER if a in attrs)
-    return attr, ANCHOR_VALUE[attrs[attr]]
-
-
 def testbed_spec(text: str) -> ConceptSpec:
     """Default prompts for a shapes-world concept: targets in varied captions (including short ones that
-    state only the concept), anchors with one attribute swapped, retain prompts for every other scene."""
+    state only the concept), anchors with one attribute swapped, retain prompts for the protocol's *seen*
+    retain scenes. No evaluation template and no unseen scene is used (see evaluation/protocol.py)."""
     concept = parse_concept(text)
-    attr, replacement = _substitute(concept)
-    templates = [t for t in TRAIN_TEMPLATES if all(mentioned(t)[a] for a, _ in concept.constraints)]
+    attr, replacement = anchor_substitution(concept)
+    templates = [t for t in RUN_TEMPLATES if all(mentioned(t)[a] for a, _ in concept.constraints)]
     targets, anchors = [], []
     for i, scene in enumerate(target_scenes(concept)):
         for k in range(3):
@@ -84,7 +66,8 @@ def testbed_spec(text: str) -> ConceptSpec:
             if t not in targets:
                 targets.append(t)
                 anchors.append(a)
-    retains = [caption(s, FULL_TEMPLATES[i % len(FULL_TEMPLATES)]) for i, s in enumerate(retain_scenes(concept))]
+    seen = retain_split(concept)["seen"]
+    retains = [caption(s, TRAIN_FULL_TEMPLATES[i % len(TRAIN_FULL_TEMPLATES)]) for i, s in enumerate(seen)]
     return ConceptSpec(name=concept.text, targets=targets, anchors=anchors, retains=retains, world_concept=concept.text).validate()
 
 

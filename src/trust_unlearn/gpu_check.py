@@ -218,7 +218,7 @@ def run_check(dry_run: bool = False, methods: list[str] | None = None, steps: in
     from trust_unlearn.concept_spec import ConceptSpec
     from trust_unlearn.errors import UserError
     from trust_unlearn.pipeline import LoadedModel, _quiet_libraries
-    from trust_unlearn.scorers import CLIPScorer
+    from trust_unlearn.evaluation.scorers import CLIPScorer
 
     _quiet_libraries()
     start = time.perf_counter()

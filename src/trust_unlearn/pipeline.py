@@ -154,22 +154,31 @@ def generate(model: LoadedModel, prompts: list[str], seeds: list[int], *, guidan
     return torch.cat(out)
 
 
-def save_grid(images: torch.Tensor, path: str | Path, ncol: int = 8, labels: list[str] | None = None, scale: int = 3) -> Path:
-    """A PNG grid of images (N, 3, H, W) in [0, 1]; optional row labels on the left."""
+def save_grid(images: torch.Tensor, path: str | Path, ncol: int = 8, labels: list[str] | None = None, scale: int = 3,
+              captions: list[str] | None = None, headers: dict[int, str] | None = None) -> Path:
+    """A PNG grid of images (N, 3, H, W) in [0, 1]; optional row labels on the left, a caption under every
+    image (a line starting with "!" is drawn in red: an abstention) and column headers {column: text}."""
     from PIL import Image, ImageDraw
 
     n, _, h, w = images.shape
     nrow = (n + ncol - 1) // ncol
     label_w = 0 if not labels else 8 + 6 * max(len(s) for s in labels)
-    sheet = Image.new("RGB", (label_w + ncol * w * scale, nrow * h * scale), "white")
+    cap_h = 0 if not captions else 12 * max(c.count("\n") + 1 for c in captions) + 2
+    head_h = 14 if headers else 0
+    cell_h = h * scale + cap_h
+    sheet = Image.new("RGB", (label_w + ncol * w * scale, head_h + nrow * cell_h), "white")
     arr = (images.clamp(0, 1) * 255).round().byte().permute(0, 2, 3, 1).numpy()
+    draw = ImageDraw.Draw(sheet)
     for k in range(n):
-        tile = Image.fromarray(arr[k]).resize((w * scale, h * scale), Image.NEAREST)
-        sheet.paste(tile, (label_w + (k % ncol) * w * scale, (k // ncol) * h * scale))
-    if labels:
-        draw = ImageDraw.Draw(sheet)
-        for r, text in enumerate(labels[:nrow]):
-            draw.text((4, r * h * scale + h * scale // 2 - 5), text, fill="black")
+        x, y = label_w + (k % ncol) * w * scale, head_h + (k // ncol) * cell_h
+        sheet.paste(Image.fromarray(arr[k]).resize((w * scale, h * scale), Image.NEAREST), (x, y))
+        if captions:
+            for i, line in enumerate(captions[k].split("\n")):
+                draw.text((x + 2, y + h * scale + 1 + 12 * i), line.lstrip("!"), fill="red" if line.startswith("!") else "black")
+    for col, text in (headers or {}).items():
+        draw.text((label_w + col * w * scale + 2, 1), text, fill="black")
+    for r, text in enumerate((labels or [])[:nrow]):
+        draw.text((4, head_h + r * cell_h + h * scale // 2 - 5), text, fill="black")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp.png")

@@ -6,18 +6,32 @@ from pathlib import Path
 import torch
 
 from trust_unlearn.pipeline import save_grid
+from trust_unlearn.testbed.networks import NONE
 from trust_unlearn.utils import write_json
 
 
-def before_after_grid(before: torch.Tensor, after: torch.Tensor, prompts: list[str], path: Path) -> Path:
-    """Per prompt one row: its images before (left) | after (right)."""
+def reading_caption(reading: dict) -> str:
+    """Two short lines for a judge's reading; an abstention ("none") is marked in red."""
+    if reading["shape"] == NONE or reading["colour"] == NONE:
+        return f"!NONE {'' if reading['colour'] == NONE else reading['colour']}\n!{reading['background']}"
+    return f"{reading['colour']} {reading['shape']}\n{reading['background']}"
+
+
+def before_after_grid(before: torch.Tensor, after: torch.Tensor, prompts: list[str], path: Path,
+                      readings: tuple[list[dict], list[dict]] | None = None) -> Path:
+    """Per prompt one row: its images by the original model (left) | the unlearned one (right), with the
+    judge's reading under every image when `readings` (before, after) are given."""
     per = len(before) // len(prompts)
     gap = torch.ones(1, *before.shape[1:])
-    rows = []
+    rows, captions = [], []
     for i in range(len(prompts)):
         rows += [before[i * per : (i + 1) * per], gap, after[i * per : (i + 1) * per]]
+        if readings:
+            sl = slice(i * per, (i + 1) * per)
+            captions += [reading_caption(r) for r in readings[0][sl]] + [""] + [reading_caption(r) for r in readings[1][sl]]
     labels = [f"{p[:38]}" for p in prompts]
-    return save_grid(torch.cat(rows), path, ncol=2 * per + 1, labels=labels)
+    return save_grid(torch.cat(rows), path, ncol=2 * per + 1, labels=labels, scale=4, captions=captions or None,
+                     headers={0: "original", per + 1: "unlearned"})
 
 
 def curves(rows: list[dict], path: Path) -> Path:
@@ -52,8 +66,9 @@ def curves(rows: list[dict], path: Path) -> Path:
     return path
 
 
-def write_report(folder: Path, summary: dict, rows: list[dict], before: torch.Tensor, after: torch.Tensor, prompts: list[str]) -> None:
+def write_report(folder: Path, summary: dict, rows: list[dict], before: torch.Tensor, after: torch.Tensor, prompts: list[str],
+                 readings: tuple[list[dict], list[dict]] | None = None) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     write_json(folder / "summary.json", summary)
-    before_after_grid(before, after, prompts, folder / "before_after.png")
+    before_after_grid(before, after, prompts, folder / "before_after.png", readings)
     curves(rows, folder / "curves.png")

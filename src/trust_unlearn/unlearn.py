@@ -30,7 +30,7 @@ from trust_unlearn.methods import get_method
 from trust_unlearn.methods.base import CommonConfig, RunContext
 from trust_unlearn.neurons import jaccard, mask_size, per_layer_sizes
 from trust_unlearn.pipeline import LoadedModel, generate, load_model, save_pipeline
-from trust_unlearn.scorers import load_scorer
+from trust_unlearn.evaluation.scorers import load_scorer
 from trust_unlearn.testbed import SHIPPED_WEIGHTS
 from trust_unlearn.utils import atomic_dir, load_checkpoint, peak_rss_mb, progress, save_checkpoint, write_json
 
@@ -183,7 +183,7 @@ def run_unlearn(cfg: UnlearnConfig, resume: bool = False, overwrite: bool = Fals
         before = {}
         if is_main:
             if cfg.evaluate and world is not None:
-                from trust_unlearn.evaluate import evaluate
+                from trust_unlearn.evaluation.evaluate import evaluate
 
                 before = evaluate(model, world, reference=model)
             save_file({"grid": _grid_images(model, grid_prompts, ctx.common.cache_steps)}, partial / "before_grid.safetensors")
@@ -271,7 +271,7 @@ def _finish(cfg, model, ctx, world, history, partial, out, before, grid_prompts,
     rows = [json.loads(line) for line in (partial / "log.jsonl").read_text().splitlines()]
     after = {}
     if cfg.evaluate and world is not None:
-        from trust_unlearn.evaluate import evaluate
+        from trust_unlearn.evaluation.evaluate import evaluate
 
         after = evaluate(model, world, reference=load_model(cfg.model))
     after_grid = _grid_images(model, grid_prompts, ctx.common.cache_steps)
@@ -291,7 +291,13 @@ def _finish(cfg, model, ctx, world, history, partial, out, before, grid_prompts,
         save_file(history.tensors(), tmp / "masks.safetensors", metadata={"steps": str(len(history.steps))})
         (tmp / "config.yaml").write_text(yaml.safe_dump(asdict(cfg), sort_keys=False))
         shutil.copy2(partial / "log.jsonl", tmp / "log.jsonl")
-        write_report(tmp / "report", summary, rows, before_grid, after_grid, grid_prompts)
+        readings = None
+        if world is not None:
+            from trust_unlearn.evaluation.judges import get_judge
+
+            judge = get_judge("shapes")
+            readings = (judge.read(before_grid), judge.read(after_grid))
+        write_report(tmp / "report", summary, rows, before_grid, after_grid, grid_prompts, readings)
     shutil.rmtree(partial, ignore_errors=True)
     summary["out"] = str(out)
     return summary

@@ -22,6 +22,19 @@ def seed_everything(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
+def set_cpu_threads(requested: int | None = None) -> int:
+    """Torch's CPU thread count: `requested`, else OMP_NUM_THREADS / MKL_NUM_THREADS if set, else the cores
+    this process may run on (its affinity mask, not the machine's count). Returns the count set."""
+    from trust_unlearn.errors import UserError
+
+    if requested is not None and requested < 1:
+        raise UserError(f"--threads must be at least 1, not {requested}")
+    env = next((os.environ[k] for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS") if os.environ.get(k, "").isdigit()), None)
+    threads = requested or (int(env) if env and int(env) > 0 else len(os.sched_getaffinity(0)))
+    torch.set_num_threads(threads)
+    return threads
+
+
 def progress(iterable=None, **kwargs):
     """A tqdm bar with ETA on stderr; the one progress style of the project."""
     kwargs.setdefault("dynamic_ncols", True)

@@ -54,7 +54,7 @@ def target_prompts(concept: Concept, n: int) -> list[str]:
 def judge_candidates(model: LoadedModel, concept: Concept, candidates: list[list[str]], protocol: AsrProtocol,
                      desc: str = "judge", judge=None, show_progress: bool = True) -> list[dict]:
     """Replay each candidate prompt with the protocol's seeds; per target: best candidate and success."""
-    from trust_unlearn.judges import get_judge
+    from trust_unlearn.evaluation.judges import get_judge
 
     judge = get_judge("shapes") if judge is None else (get_judge(judge) if isinstance(judge, str) else judge)
     unique = list(dict.fromkeys(p for cands in candidates for p in cands))

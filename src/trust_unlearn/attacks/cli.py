@@ -86,7 +86,7 @@ def run(args) -> None:
 
 
 def _judge(args):
-    from trust_unlearn.judges import get_judge
+    from trust_unlearn.evaluation.judges import get_judge
 
     if args.judge:
         if not Path(args.judge).exists():

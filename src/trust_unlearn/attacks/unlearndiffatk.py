@@ -20,7 +20,7 @@ def concept_latents(attack: Attack, prompt: str, index: int, n_images: int) -> t
     seeds = [attack.seed * 100_000 + 91_000 + 16 * index + k for k in range(n_images)]
     z0 = original_trajectory(attack.original, prompt, seeds)["z0"]
     if attack.original.is_testbed:
-        from trust_unlearn.judges import get_judge
+        from trust_unlearn.evaluation.judges import get_judge
 
         judge = attack.judge if attack.judge is not None else get_judge("shapes")
         readings = judge.read(decode_latents(attack.original, z0))

@@ -182,7 +182,7 @@ def plan(cfg: BenchConfig) -> dict:
         raise UserError("--steps must be at least 1 and --checkpoints at least 0")
     if cfg.attack_budget is not None and cfg.attack_budget < 1:
         raise UserError("--attack-budget must be at least 1")
-    from trust_unlearn.evaluate import EvalConfig
+    from trust_unlearn.evaluation.evaluate import EvalConfig
 
     ecfg = _typed(EvalConfig, {**cfg.profile["eval"], **cfg.eval, "seed": cfg.seed}, "eval")
     return {"labels": labels, "tasks": tasks, "attacks": attacks, "steps": steps, "checkpoints": checkpoints, "eval": ecfg}
@@ -248,7 +248,7 @@ def alignment_score(images, prompts) -> float:
     """Mean alignment of images with their prompts under the testbed scorer (the CLIP-score analogue)."""
     import torch
 
-    from trust_unlearn.scorers import load_scorer
+    from trust_unlearn.evaluation.scorers import load_scorer
 
     scorer = _SCORER.get("s") or _SCORER.setdefault("s", load_scorer(None, True))
     with torch.no_grad():
@@ -259,7 +259,7 @@ _SCORER: dict = {}
 
 
 def _evaluate(model, concept, ecfg, reference) -> dict:
-    from trust_unlearn.evaluate import evaluate
+    from trust_unlearn.evaluation.evaluate import evaluate
 
     res = evaluate(model, concept, ecfg, reference=reference, keep_images=True)
     images, pset = res.pop("_images")["target"]
@@ -372,13 +372,10 @@ def run_isolated(label: str, task: str, cfg: BenchConfig, before: dict, mdir: Pa
 def _mask_figures(rows: list[dict], ctx) -> dict:
     """Mask size (neurons or weights) and its share of what the method could change."""
     sizes = [r["mask_size"] for r in rows if "mask_size" in r]
-    if "mask_elements" in rows[-1]:  # SalUn: weight-level
+    if "mask_elements" in rows[-1]:  # SalUn, ConceptPrune: weight-level
         return {"mask_size": rows[-1]["mask_elements"], "mask_unit": "weights", "mask_fraction": rows[-1]["mask_fraction"]}
     if sizes:
-        if "ffn_neurons" in rows[0]:
-            total = rows[0]["ffn_neurons"]
-        else:
-            total = sum(t.shape[0] for t in ctx.original.values())
+        total = sum(t.shape[0] for t in ctx.original.values())
         mean = sum(sizes) / len(sizes)
         return {"mask_size": mean, "mask_unit": "neurons", "mask_fraction": mean / max(1, total),
                 "jaccard_first_final": rows[-1].get("jaccard_first"),

@@ -15,6 +15,7 @@ from diffusers import DDIMScheduler, DDPMScheduler
 from torch.func import functional_call
 
 from trust_unlearn.concept_spec import ConceptSpec
+from trust_unlearn.evaluation.protocol import run_rng_seed, training_seeds
 from trust_unlearn.pipeline import LoadedModel, initial_latents
 
 
@@ -78,7 +79,8 @@ class RunContext:
         self.unet = model.pipe.unet
         self.device = self.unet.device
         self.guidance = model.guidance_scale if common.guidance is None else common.guidance
-        self.rng = torch.Generator().manual_seed(common.seed)
+        # seeded from the protocol's training range: nothing a run draws is an evaluation seed
+        self.rng = torch.Generator().manual_seed(run_rng_seed(common.seed))
         self.noise_scheduler = DDPMScheduler.from_config(self.pipe.scheduler.config)
         self._states: dict[str, torch.Tensor] = {}
         # all of the spec's prompts at once, in a fixed order: a resumed run sees bit-identical states
@@ -176,12 +178,12 @@ class RunContext:
 
     def cache_original_images(self) -> None:
         n = self.common.cache_images
-        base = self.common.seed * 1_000_003
+        seeds = training_seeds(self.common.seed, 2 * n)
         self.target_idx = torch.arange(n) % len(self.spec.targets)
-        self.target_latents = self.sample_latents([self.spec.targets[i] for i in self.target_idx], [base + k for k in range(n)])
+        self.target_latents = self.sample_latents([self.spec.targets[i] for i in self.target_idx], seeds[:n])
         if self.spec.retains:
             self.retain_idx = torch.arange(n) % len(self.spec.retains)
-            self.retain_latents = self.sample_latents([self.spec.retains[i] for i in self.retain_idx], [base + n + k for k in range(n)])
+            self.retain_latents = self.sample_latents([self.spec.retains[i] for i in self.retain_idx], seeds[n:])
 
     def cache_tensors(self) -> dict[str, torch.Tensor]:
         out = {"target_latents": self.target_latents, "target_idx": self.target_idx}

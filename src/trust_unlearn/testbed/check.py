@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections import Counter
 
-from trust_unlearn.judges import get_judge
+from trust_unlearn.evaluation.judges import get_judge
 from trust_unlearn.pipeline import LoadedModel, generate
 from trust_unlearn.world.captions import heldout_phrases
 from trust_unlearn.world.concepts import FULL_TEMPLATES, caption

@@ -71,17 +71,23 @@ class _ConvTrunk(nn.Sequential):
         )
 
 
-class Judge(nn.Module):
-    """Concept classifier with shape / colour / background heads; its features give FD-judge."""
+NONE = "none"  # the judge's abstention: no recognisable shape (shape head) / no object at all (colour head)
 
-    heads = {"shape": SHAPES, "colour": COLOURS, "background": BACKGROUNDS}
+
+class Judge(nn.Module):
+    """Concept classifier with shape / colour / background heads; its features give FD-judge.
+
+    Shape and colour can read "none": an amorphous blob has a colour but no shape, an empty background
+    neither, so erasing a concept by destroying the image is not counted as forgetting it.
+    """
+
+    heads = {"shape": (*SHAPES, NONE), "colour": (*COLOURS, NONE), "background": BACKGROUNDS}
 
     def __init__(self, feature_dim: int = 128):
         super().__init__()
         self.trunk = _ConvTrunk(out_dim=feature_dim)
-        self.shape = nn.Linear(feature_dim, len(SHAPES))
-        self.colour = nn.Linear(feature_dim, len(COLOURS))
-        self.background = nn.Linear(feature_dim, len(BACKGROUNDS))
+        for name, values in self.heads.items():
+            setattr(self, name, nn.Linear(feature_dim, len(values)))
 
     def features(self, images: torch.Tensor) -> torch.Tensor:
         """images in [0, 1], (B, 3, 32, 32)."""

@@ -28,6 +28,7 @@ from safetensors.torch import save_file
 from trust_unlearn.testbed import TESTBED_DEFAULTS, TESTBED_MARKER, load_text_components
 from trust_unlearn.testbed.networks import (
     TOKENIZER_MAX_LENGTH,
+    NONE,
     Judge,
     Scorer,
     build_sample_scheduler,
@@ -37,7 +38,7 @@ from trust_unlearn.testbed.networks import (
 )
 from trust_unlearn.utils import load_checkpoint, progress, save_checkpoint, write_json
 from trust_unlearn.world.captions import TRAIN_TEMPLATES, all_train_captions, mentioned, random_captions
-from trust_unlearn.world.shapes import labels, random_scenes, render
+from trust_unlearn.world.shapes import JUDGE_RADIUS, TRAIN_RADIUS, labels, random_scenes, render
 
 STAGES = ("vae", "unet", "unet_refine", "decoder", "judge", "scorer")
 
@@ -56,7 +57,7 @@ class TrainConfig:
     unet_refine_steps: int = 2000  # per cycle
     unet_refine_lrs: tuple[float, ...] = (3e-4, 3e-4, 3e-4)  # one warm-restart cycle per learning rate
     decoder_steps: int = 500
-    judge_steps: int = 1500
+    judge_steps: int = 3000  # reads 4-27 px shapes and abstains (1,500 when it read only the training sizes)
     scorer_steps: int = 800
     aux_batch: int = 128
     checkpoint_every: int = 200
@@ -243,14 +244,38 @@ def _augment(x: torch.Tensor, rng: torch.Generator) -> torch.Tensor:
     return (x + sigma * torch.randn(x.shape, generator=rng)).clamp(0, 1)
 
 
+def judge_batch(n: int, rng: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Images and (shape, colour, background) labels for the judge: half at the sizes the testbed draws,
+    a third over every size a generator may produce (4-27 px, up to 30 % outside the frame), and the
+    rest off-distribution -- amorphous blobs (shape "none") and empty backgrounds (shape and colour "none")."""
+    shape_none, colour_none = Judge.heads["shape"].index(NONE), Judge.heads["colour"].index(NONE)
+    parts = {"shape": n // 2, "wide": n // 3, "blob": n // 12}
+    parts["none"] = n - sum(parts.values())
+    images, ys = [], []
+    for kind, m in parts.items():
+        scenes = random_scenes(m, rng)
+        if kind == "wide":
+            x = render(scenes, rng, radius=JUDGE_RADIUS, overhang=0.3)
+        else:
+            x = render(scenes, rng, radius=(0.3, JUDGE_RADIUS[1]) if kind == "blob" else TRAIN_RADIUS,
+                       foreground="shape" if kind == "shape" else kind)
+        y = labels(scenes)
+        if kind in ("blob", "none"):
+            y[:, 0] = shape_none
+        if kind == "none":
+            y[:, 1] = colour_none
+        images.append(x)
+        ys.append(y)
+    return torch.cat(images), torch.cat(ys)
+
+
 def train_judge(work: Path, cfg: TrainConfig) -> None:
     judge = Judge()
     opt = torch.optim.AdamW(judge.parameters(), lr=2e-3, weight_decay=1e-4)
     sched = get_cosine_schedule_with_warmup(opt, 50, cfg.judge_steps)
     stage = _Stage("judge", work, cfg, cfg.judge_steps, {"judge": judge}, opt, sched)
     for _, bar in stage.loop():
-        scenes, x = _images(cfg.aux_batch, stage.data_rng)
-        y = labels(scenes)
+        x, y = judge_batch(cfg.aux_batch, stage.data_rng)
         logits = judge(_augment(x, stage.data_rng))
         loss = sum(F.cross_entropy(logits[h], y[:, i]) for i, h in enumerate(Judge.heads))
         stage.update(loss, bar)

@@ -78,6 +78,31 @@ def parse_concept(text: str) -> Concept:
     return Concept(text=text.strip(), constraints=tuple(sorted(constraints.items())), kind=kind)
 
 
+# The attribute an anchor replaces, in order of preference: the colour, else the object, else the context,
+# and what each value becomes. Chosen on testbed v3 by iterating on (what are now) the test tasks, before the
+# protocol of docs/protocol.md existed: said there plainly; later changes are made on the dev tasks only.
+_ANCHOR_ORDER = ("colour", "shape", "background")
+ANCHOR_VALUE = {
+    "circle": "triangle", "square": "cross", "triangle": "cross", "cross": "circle",
+    "red": "blue", "green": "red", "blue": "yellow", "yellow": "blue",
+    "plain": "striped", "striped": "plain",
+}
+
+
+def anchor_substitution(concept: Concept) -> tuple[str, str]:
+    """The attribute the default anchor changes and its replacement value ("red circle" -> colour, blue)."""
+    attrs = concept.attributes
+    attr = next(a for a in _ANCHOR_ORDER if a in attrs)
+    return attr, ANCHOR_VALUE[attrs[attr]]
+
+
+def anchor_concept(concept: Concept) -> Concept:
+    """The concept the default anchor prompts show ("red circle" -> "blue circle")."""
+    attr, value = anchor_substitution(concept)
+    constraints = tuple(sorted({**concept.attributes, attr: value}.items()))
+    return Concept(text=" ".join(v for _, v in constraints), constraints=constraints, kind=concept.kind)
+
+
 def caption(scene: Scene, template: str) -> str:
     return template.format(c=scene.colour, s=scene.shape, b=scene.background)
 

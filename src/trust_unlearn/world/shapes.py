@@ -16,6 +16,10 @@ COLOURS = ("red", "green", "blue", "yellow")
 BACKGROUNDS = ("plain", "striped")
 ATTRIBUTES = {"shape": SHAPES, "colour": COLOURS, "background": BACKGROUNDS}
 IMAGE_SIZE = 32
+# Shape radius in units of half the image (diameter 11.5-18 px at 32 px): what the testbed was trained on.
+TRAIN_RADIUS = (0.36, 0.56)
+# Every size a generator may produce, down to 4 px across, up to 27 px: what the judges must read.
+JUDGE_RADIUS = (0.125, 0.85)
 
 _RGB = {
     "red": (0.86, 0.12, 0.10),
@@ -63,14 +67,22 @@ def _shape_mask(kind: torch.Tensor, x: torch.Tensor, y: torch.Tensor, r: torch.T
     return masks.gather(1, kind.view(-1, 1, 1, 1).expand(-1, 1, *x.shape[1:])).squeeze(1)
 
 
-def render(scenes: list[Scene], generator: torch.Generator, size: int = IMAGE_SIZE) -> torch.Tensor:
-    """Render scenes as float images in [0, 1], shape (B, 3, size, size); random size, place, rotation."""
+def render(scenes: list[Scene], generator: torch.Generator, size: int = IMAGE_SIZE,
+           radius: tuple[float, float] = TRAIN_RADIUS, overhang: float = 0.0, foreground: str = "shape") -> torch.Tensor:
+    """Render scenes as float images in [0, 1], shape (B, 3, size, size); random size, place, rotation.
+
+    `radius` is the range of the shape's radius in units of half the image; `overhang` the largest share
+    of the radius that may leave the frame (0: always fully inside, up to a 0.05 margin). `foreground`
+    "blob" draws an amorphous lump of the scene's colour instead of its shape, "none" the background only:
+    the off-distribution images a judge must abstain on.
+    """
     n = len(scenes)
     ss = size * 2
     u = lambda *shape: torch.rand(*shape, generator=generator)  # noqa: E731
     kind = torch.tensor([SHAPES.index(s.shape) for s in scenes])
-    radius = 0.36 + 0.2 * u(n)  # in units of half the image
-    centre = (u(n, 2) * 2 - 1) * (0.95 - radius).unsqueeze(1)
+    radius = radius[0] + (radius[1] - radius[0]) * u(n)  # in units of half the image
+    reach = (0.95 - radius * (1 - overhang)).clamp(min=0.0)
+    centre = (u(n, 2) * 2 - 1) * reach.unsqueeze(1)
     angle = u(n) * 2 * math.pi
     coords = (torch.arange(ss, dtype=torch.float32) + 0.5) / ss * 2 - 1
     yy, xx = torch.meshgrid(coords, coords, indexing="ij")
@@ -79,6 +91,13 @@ def render(scenes: list[Scene], generator: torch.Generator, size: int = IMAGE_SI
     cos, sin = angle.cos()[:, None, None], angle.sin()[:, None, None]
     rx, ry = dx * cos + dy * sin, -dx * sin + dy * cos
     inside = _shape_mask(kind, rx, ry, radius[:, None, None]).float().unsqueeze(1)
+    if foreground == "blob":
+        # a disc whose edge a coarse random field pushes in and out by up to ~the radius: lobes, no corners
+        field = F.interpolate(torch.randn(n, 1, 7, 7, generator=generator), size=(ss, ss), mode="bicubic", align_corners=False)
+        dist = (rx**2 + ry**2).sqrt() / radius[:, None, None]
+        inside = ((1 - dist).unsqueeze(1) + 0.9 * field > 0).float()
+    elif foreground == "none":
+        inside = torch.zeros_like(inside)
 
     # background: neutral greys, plain or two-tone stripes at a random angle and period
     base = 0.62 + 0.3 * u(n, 1, 1, 1)

@@ -16,6 +16,10 @@ from trust_unlearn.testbed import SHIPPED_WEIGHTS
 from trust_unlearn.testbed.networks import Judge
 
 JUDGES: dict[str, type] = {}
+# judges that live in their own module (heavy or optional imports): imported on first use, so this
+# module imports none of them and they import only `register_judge` from here (no import cycle)
+_JUDGE_MODULES = {"nudenet": "trust_unlearn.evaluation.nudenet", "geometric": "trust_unlearn.evaluation.geometric",
+                  "geometric-nearest": "trust_unlearn.evaluation.geometric"}
 
 
 def register_judge(name: str):
@@ -27,8 +31,12 @@ def register_judge(name: str):
 
 
 def get_judge(name: str = "shapes", **kwargs):
+    if name not in JUDGES and name in _JUDGE_MODULES:
+        import importlib
+
+        importlib.import_module(_JUDGE_MODULES[name])
     if name not in JUDGES:
-        raise UserError(f"unknown judge {name!r}; choose one of {', '.join(sorted(JUDGES))}")
+        raise UserError(f"unknown judge {name!r}; choose one of {', '.join(sorted({*JUDGES, *_JUDGE_MODULES}))}")
     return JUDGES[name](**kwargs)
 
 
@@ -64,6 +72,3 @@ class ShapesJudge:
     def features(self, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
         return torch.cat([self.net.features(self._prepare(images[i : i + batch_size])) for i in range(0, len(images), batch_size)])
 
-
-# the NudeNet judge registers itself as "nudenet" (its `nudenet` / onnxruntime imports happen lazily)
-from trust_unlearn import judges_nudenet  # noqa: E402,F401

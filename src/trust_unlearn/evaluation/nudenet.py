@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from trust_unlearn.errors import UserError
-from trust_unlearn.judges import register_judge
+from trust_unlearn.evaluation.judges import register_judge
 
 CLASS_SETS: dict[str, tuple[str, ...]] = {
     "strict": (

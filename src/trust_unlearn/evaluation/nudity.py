@@ -1,6 +1,6 @@
 """Nudity rate of a model on an I2P-style prompt file, judged by NudeNet with a recorded protocol.
 
-    from trust_unlearn.nudity import nudity_report
+    from trust_unlearn.evaluation.nudity import nudity_report
     report = nudity_report(load_model("runs/sd15-nudity"), read_prompt_file("i2p_sexual.csv"))
 
 Each (prompt, seed) row gives one image (the row's own guidance when the file has one, else the
@@ -12,14 +12,14 @@ from __future__ import annotations
 from collections import Counter
 
 from trust_unlearn.pipeline import LoadedModel, generate
-from trust_unlearn.prompt_files import PromptRecord
+from trust_unlearn.evaluation.prompt_files import PromptRecord
 
 
 def nudity_report(model: LoadedModel, records: list[PromptRecord], judge=None, *, num_inference_steps: int | None = None,
                   batch_size: int = 8, show_progress: bool = False) -> dict:
     """{'protocol', 'n', 'nude', 'nudity_rate', 'class_counts', 'cases': [per row, in file order]}."""
     if judge is None:
-        from trust_unlearn.judges import get_judge
+        from trust_unlearn.evaluation.judges import get_judge
 
         judge = get_judge("nudenet")
     cases: list[dict | None] = [None] * len(records)
