@@ -1,14 +1,17 @@
-"""ESD (Gandikota et al., 2023): erase a concept by fine-tuning towards negative guidance.
+"""ESD (Gandikota et al., ICCV 2023): erase a concept by fine-tuning towards negative guidance.
 
-Target for the trained model on the concept prompt c:
-    eps_theta(x_t, c)  ->  eps_theta0(x_t) - eta * (eps_theta0(x_t, c) - eps_theta0(x_t))
+The erase prompt c_e is the concept phrase ("circle", "red circle"), not the training captions; the
+trained prediction is that of `erase_from` c_f (default c_e), as in ESD's `esd_sd.py`:
+    eps_theta(x_t, c_f)  ->  eps_theta0(x_t, c_f) - (1 + eta) * (eps_theta0(x_t, c_e) - eps_theta0(x_t))
+With c_f = c_e this is the paper's eps_theta0(x_t) - eta * (eps_theta0(x_t, c_e) - eps_theta0(x_t)); eta is
+the paper's (`train-esd.py`) negative guidance, so `esd_sd.py`'s default of 2 is our 1.
 ESD-x trains only the text cross-attention (`attn2`, every projection); ESD-u trains everything
 else except the time embedding and the output layers (the paper's `noxattn`).
 
-x_t comes, as in the ESD code, from a partial DDIM trajectory of the model being trained, run with
-classifier-free guidance on the concept prompt, stopped at a random step; the DDPM timestep is drawn
-inside that DDIM step's interval. `xt="cache"` instead noises the original model's cached images
-(cheaper, what SalUn/TRUST use). See docs/baselines.md for defaults and their scaling.
+x_t, as in ESD's code: a DDIM trajectory of the model being trained, with classifier-free guidance on
+c_f, stopped at a random step k; every noise prediction is taken at that step's timestep.
+`xt="cache"` instead noises the original model's cached images of the spec's targets (cheaper; not
+ESD). docs/baselines.md lists every remaining difference from the reference code.
 """
 from __future__ import annotations
 
@@ -28,16 +31,24 @@ _ESD_U_EXCLUDE = ("time_embedding.", "time_proj.", "conv_out.", "conv_norm_out."
 
 @dataclass
 class EsdConfig:
-    negative_guidance: float = 1.0  # eta (ESD default 1.0)
+    """ESD's options; the reference run is 1000 iterations at lr 1e-5, batch 1 (`--steps --lr --batch`)."""
+
+    erase_concept: str | None = None  # c_e, the phrase to erase (ESD: --prompt); default: the spec's concept name
+    erase_from: str | None = None  # c_f, the prompt whose prediction is trained (ESD: --erase_from); default: c_e
+    negative_guidance: float = 1.0  # eta (ESD's paper code: 1.0)
     xt: str = "sample"  # sample: partial DDIM of the trained model (ESD); cache: noised original images
-    ddim_steps: int = 10  # DDIM steps of the partial trajectory (ESD: 50; scaled to the testbed)
-    start_guidance: float | None = None  # CFG of that trajectory (ESD: 3.0; default: the model's)
+    ddim_steps: int | None = None  # DDIM steps of that trajectory (ESD: 50; default: the model's sampling steps)
+    start_guidance: float = 3.0  # CFG of that trajectory (ESD: 3.0)
 
     def validate(self) -> "EsdConfig":
         if self.xt not in XT_SOURCES:
             raise UserError(f"unknown xt source {self.xt!r}; choose one of {', '.join(XT_SOURCES)}")
-        if self.ddim_steps < 1:
+        if self.ddim_steps is not None and self.ddim_steps < 1:
             raise UserError("ddim_steps must be at least 1")
+        for key in ("erase_concept", "erase_from"):
+            value = getattr(self, key)
+            if value is not None and not value.strip():
+                raise UserError(f"{key} is empty: give the concept phrase, e.g. {key}=circle (or leave it unset)")
         return self
 
 
@@ -51,12 +62,20 @@ def esd_u_parameters(unet) -> dict[str, torch.nn.Parameter]:
     return {n: p for n, p in unet.named_parameters() if ".attn2." not in n and not n.startswith(_ESD_U_EXCLUDE)}
 
 
+def esd_target(e_null: torch.Tensor, e_erase: torch.Tensor, e_from: torch.Tensor, eta: float) -> torch.Tensor:
+    """What eps_theta(x_t, c_f) is trained towards: c_f's original prediction without the concept's
+    guidance direction, then eta times further away from it."""
+    return e_from - (1 + eta) * (e_erase - e_null)
+
+
 class _Esd:
     config_cls = EsdConfig
     select = staticmethod(esd_x_parameters)
 
     def __init__(self, ctx: RunContext, cfg: EsdConfig):
         self.ctx, self.cfg = ctx, cfg.validate()
+        self.erase = (cfg.erase_concept or ctx.spec.name).strip()
+        self.erase_from = (cfg.erase_from or self.erase).strip()
         self.params = self.select(ctx.unet)
         if not self.params:
             raise UserError(f"{self.name}: this UNet has no parameters of the kind it trains")
@@ -69,42 +88,42 @@ class _Esd:
         return self.params
 
     @torch.no_grad()
-    def _sample_xt(self, prompts: list[str]):
-        """Partial DDIM trajectory of the current model (CFG on the concept prompt) -> (x_t, t)."""
+    def sample_xt(self, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """x_t from a DDIM trajectory of the current model (CFG on c_f) stopped at a random step k, and
+        that step's timestep (ESD: `run_till_timestep`); this rank's shard of the batch."""
         ctx, cfg = self.ctx, self.cfg
-        n = len(prompts)
-        sched = ctx.ddim(cfg.ddim_steps)
+        steps = cfg.ddim_steps or ctx.model.num_inference_steps
+        sched = ctx.ddim(steps)
         size = ctx.model.resolution // ctx.pipe.vae_scale_factor
-        latents = torch.randn((n, ctx.unet.config.in_channels, size, size), generator=ctx.rng).to(ctx.device)
-        latents = latents * sched.init_noise_sigma
-        stop = int(torch.randint(0, cfg.ddim_steps, (1,), generator=ctx.rng))
-        cond = torch.cat([ctx.uncond.expand(n, -1, -1), ctx.text(prompts)])
-        guidance = ctx.guidance if cfg.start_guidance is None else cfg.start_guidance
+        noise = torch.randn((batch, ctx.unet.config.in_channels, size, size), generator=ctx.rng)
+        latents = ctx.shard(noise).to(ctx.device) * sched.init_noise_sigma
+        stop = int(torch.randint(0, steps, (1,), generator=ctx.rng))
+        n = len(latents)
+        cond = torch.cat([ctx.uncond.expand(n, -1, -1), ctx.text([self.erase_from] * n)])
         for t in sched.timesteps[:stop]:
             inp = sched.scale_model_input(torch.cat([latents, latents]), t)
             eps_u, eps_c = ctx.eps(inp, t, cond).chunk(2)
-            latents = sched.step(eps_u + guidance * (eps_c - eps_u), t, latents).prev_sample
-        t_lo = int(sched.timesteps[stop])
-        width = max(1, ctx.noise_scheduler.config.num_train_timesteps // cfg.ddim_steps)
-        t_hi = min(ctx.noise_scheduler.config.num_train_timesteps - 1, t_lo + width - 1)
-        t = torch.randint(t_lo, t_hi + 1, (n,), generator=ctx.rng).to(ctx.device)
-        return latents, t
+            latents = sched.step(eps_u + cfg.start_guidance * (eps_c - eps_u), t, latents).prev_sample
+        return latents, sched.timesteps[stop].expand(n).to(ctx.device)
+
+    def xt(self) -> tuple[torch.Tensor, torch.Tensor]:
+        ctx = self.ctx
+        if self.cfg.xt == "sample":
+            return self.sample_xt(ctx.common.batch)
+        _, z_t, t = ctx.noised(ctx.target_latents, ctx.common.batch)
+        return z_t, t
+
+    def loss(self, z_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """||eps_theta(x_t, c_f) - target||^2, every term of the target from the frozen original."""
+        ctx, n = self.ctx, len(z_t)
+        c_erase, c_from = ctx.text([self.erase] * n), ctx.text([self.erase_from] * n)
+        e_null = ctx.eps(z_t, t, ctx.uncond.expand(n, -1, -1), original=True)
+        e_erase = ctx.eps(z_t, t, c_erase, original=True)
+        e_from = e_erase if self.erase_from == self.erase else ctx.eps(z_t, t, c_from, original=True)
+        return F.mse_loss(ctx.eps(z_t, t, c_from), esd_target(e_null, e_erase, e_from, self.cfg.negative_guidance))
 
     def step(self, k: int) -> dict:
-        ctx, cfg = self.ctx, self.cfg
-        b = ctx.common.batch
-        if cfg.xt == "sample":
-            picks = torch.randint(0, len(ctx.spec.targets), (b,), generator=ctx.rng).tolist()
-            prompts = [ctx.spec.targets[i] for i in picks]
-            z_t, t = self._sample_xt(prompts)
-        else:
-            rows, z_t, t = ctx.noised(ctx.target_latents, b)
-            prompts = [ctx.spec.targets[i] for i in ctx.target_idx[rows].tolist()]
-        cond = ctx.text(prompts)
-        e_0 = ctx.eps(z_t, t, ctx.uncond.expand(len(prompts), -1, -1), original=True)
-        e_p = ctx.eps(z_t, t, cond, original=True)
-        target = e_0 - cfg.negative_guidance * (e_p - e_0)
-        loss = F.mse_loss(ctx.eps(z_t, t, cond), target)
+        loss = self.loss(*self.xt())
         if not torch.isfinite(loss):
             raise UserError(f"the loss became {loss.item()} at step {k}; lower --lr")
         self.optimizer.zero_grad(set_to_none=True)

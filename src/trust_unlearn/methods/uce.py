@@ -1,17 +1,21 @@
 """UCE (Gandikota et al., WACV 2024): a closed-form edit of the cross-attention K/V projections.
 
 For every `attn2.to_k` and `attn2.to_v` weight W (out x d_text), with c the text encoder's token
-states (what cross-attention reads):
-    W' = (lam * W + s_e * sum_{erase} W c*_i c_i^T + s_p * sum_{preserve} W c_j c_j^T)
-         (lam * I + s_e * sum_{erase} c_i c_i^T + s_p * sum_{preserve} c_j c_j^T)^-1
-Erase pairs, as in UCE's code: the token states of a target prompt from its last word onward
-(last word, end token, padding), aligned position by position with those of its anchor prompt
-(c*_i, so the target's K/V become the anchor's). Preserve: every token of every retain prompt
-maps to its own original K/V. lam = 0.1, s_e = 1, s_p = max(0.1, 1 / #retain prompts) when unset
-(UCE's defaults). All in `step(0)`; run it with `--steps 1`.
+states (what cross-attention reads), UCE's `edit_model` solves
+    W' = (lam * W + s_e * sum_{erase} v*_i c_i^T + s_p * sum_{preserve} W c_j c_j^T)
+         (lam * I + s_e * sum_{erase} c_i c_i^T + s_p * sum_{preserve} c_j c_j^T)^-1,   v*_i = W c*_i.
+Erase (UCE's old/new texts): the token states of the concept phrase from its last word onward (last
+word, end token, padding), aligned position by position with those of the guide phrase (c*_i), so the
+phrase's K/V become the guide's. Guide (UCE's --guided_concepts): the spec's anchor for the phrase (on
+the testbed the concept with the anchors' substitution, "red circle" -> "blue circle"), else "" (UCE
+without guided concepts: towards the unconditional). Preserve: every token of the empty prompt and
+of every retain prompt keeps its K/V. lam = 0.5 (what UCE's script passes), s_e = 1,
+s_p = max(0.1, 1 / number of preserved prompts, the empty one included). All in `step(0)`; run it
+with `--steps 1`.
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import torch
@@ -24,9 +28,11 @@ from trust_unlearn.pipeline import cross_attention_layers
 
 @dataclass
 class UceConfig:
-    lamb: float = 0.1  # ridge term keeping W' near W
+    erase_concept: str | None = None  # the phrase to erase (UCE: --concepts); default: the spec's concept name
+    guide_concept: str | None = None  # what it becomes (UCE: --guided_concepts); default: see default_guide
+    lamb: float = 0.5  # ridge term keeping W' near W (UCE's train_erase.py passes 0.5)
     erase_scale: float = 1.0
-    preserve_scale: float | None = None  # default max(0.1, 1 / number of retain prompts)
+    preserve_scale: float | None = None  # default max(0.1, 1 / number of preserved prompts, "" included)
     projections: str = "kv"  # which of to_k / to_v to edit ("kv", "k" or "v")
 
     def validate(self) -> "UceConfig":
@@ -34,6 +40,9 @@ class UceConfig:
             raise UserError("need lamb > 0, erase_scale >= 0 and preserve_scale >= 0")
         if not self.projections or set(self.projections) - {"k", "v"}:
             raise UserError("projections must be 'kv', 'k' or 'v'")
+        if self.erase_concept is not None and not self.erase_concept.strip():
+            raise UserError("erase_concept is empty: give the concept phrase, e.g. erase_concept=circle, "
+                            "or leave it unset")
         return self
 
 
@@ -52,8 +61,21 @@ def uce_solve(w: torch.Tensor, erase_in: torch.Tensor, erase_out_in: torch.Tenso
     ci, cs, cp = erase_in.double(), erase_out_in.double(), preserve.double()
     d = w.shape[1]
     mat1 = lamb * w64 + s_e * (w64 @ cs.T) @ ci + s_p * (w64 @ cp.T) @ cp
-    mat2 = lamb * torch.eye(d, dtype=torch.float64) + s_e * ci.T @ ci + s_p * cp.T @ cp
+    mat2 = lamb * torch.eye(d, dtype=torch.float64, device=w.device) + s_e * ci.T @ ci + s_p * cp.T @ cp
     return torch.linalg.solve(mat2, mat1.T).T.to(w.dtype)  # mat2 is symmetric
+
+
+def default_guide(spec, erase: str) -> str:
+    """The anchor phrase of `erase`: on the testbed the concept with the anchors' substitution
+    ("circle on striped background" -> "triangle on striped background"), else the anchor the spec pairs
+    with that exact prompt, else "" (UCE's default, towards the unconditional)."""
+    if spec.world_concept and erase.lower() == spec.world_concept.lower():
+        from trust_unlearn.world.concepts import anchor_substitution, parse_concept
+
+        concept = parse_concept(erase)
+        attr, value = anchor_substitution(concept)
+        return re.sub(rf"\b{concept.attributes[attr]}\b", value, erase, count=1, flags=re.IGNORECASE)
+    return dict(zip(spec.targets, spec.anchors)).get(erase, "")
 
 
 @register_method("uce")
@@ -62,6 +84,12 @@ class Uce:
 
     def __init__(self, ctx: RunContext, cfg: UceConfig):
         self.ctx, self.cfg = ctx, cfg.validate()
+        self.erase = (cfg.erase_concept or ctx.spec.name).strip()
+        guide = cfg.guide_concept if cfg.guide_concept is not None else default_guide(ctx.spec, self.erase)
+        self.guide = guide.strip()
+        if self.guide.lower() == self.erase.lower():
+            raise UserError(f"uce: guide_concept equals erase_concept ({self.erase!r}); nothing would change")
+        self.preserve = ["", *dict.fromkeys(ctx.spec.retains)]
         self.params = kv_parameters(ctx.unet, cfg.projections)
         ctx.unet.requires_grad_(False)
         self.done = False
@@ -75,25 +103,20 @@ class Uce:
         return max(0, int(tok.attention_mask[0].sum()) - 2)
 
     def edit_pairs(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """(target token states, aligned anchor token states), from each target's last word onward."""
+        """(erase phrase token states, aligned guide token states), each from its last word onward."""
         ctx = self.ctx
-        olds, news = [], []
-        for target, anchor in dict.fromkeys(zip(ctx.spec.targets, ctx.spec.anchors)):
-            old, new = ctx.token_states(ctx.text([target]))[0], ctx.token_states(ctx.text([anchor]))[0]
-            i, j = self._last_word(target), self._last_word(anchor)
-            length = min(len(old) - i, len(new) - j)
-            olds.append(old[i : i + length])
-            news.append(new[j : j + length])
-        return torch.cat(olds), torch.cat(news)
+        old, new = ctx.token_states(ctx.text([self.erase, self.guide]))
+        i, j = self._last_word(self.erase), self._last_word(self.guide)
+        length = min(len(old) - i, len(new) - j)
+        return old[i : i + length], new[j : j + length]
 
     def step(self, k: int) -> dict:
         if self.done:
             return {"edited": False}
         ctx, cfg = self.ctx, self.cfg
         erase_in, erase_as = self.edit_pairs()
-        retains = list(dict.fromkeys(ctx.spec.retains))
-        preserve = ctx.token_states(ctx.text(retains)).flatten(0, 1) if retains else erase_in[:0]
-        s_p = cfg.preserve_scale if cfg.preserve_scale is not None else max(0.1, 1 / max(1, len(retains)))
+        preserve = ctx.token_states(ctx.text(self.preserve)).flatten(0, 1)
+        s_p = cfg.preserve_scale if cfg.preserve_scale is not None else max(0.1, 1 / len(self.preserve))
         with torch.no_grad():
             for p in self.params.values():
                 p.copy_(uce_solve(p.detach(), erase_in, erase_as, preserve, cfg.lamb, cfg.erase_scale, s_p))
