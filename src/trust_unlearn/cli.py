@@ -322,9 +322,10 @@ def cmd_unlearn(args):
     for when in ("before", "after"):
         res = summary[when]
         if res:
-            text = f"forget {res['forget_rate']:.1%}  retain {res['retain_accuracy']:.1%}"
-            if "lookalike_retain_accuracy" in res:
-                text += f"  look-alike {res['lookalike_retain_accuracy']:.1%}"
+            text = (f"forget {res['forget_rate']:.1%} (unrecognised {res['unrecognised']:.1%})  "
+                    f"retain unseen {res['retain_unseen']:.1%} / seen {res['retain_seen']:.1%}")
+            if res.get("lookalike_unseen") is not None:
+                text += f"  look-alike unseen {res['lookalike_unseen']:.1%}"
             text += f"  FD-judge {res['fd_judge']:.3f}"
             rows.append((when, text))
     rows.append(("output", summary["out"]))
