@@ -73,14 +73,21 @@ def run_cell(task: str, reg: str, seed: int, extra: list[str], out: Path) -> dic
     with open(f"{run}.log", "w") as log:
         proc = subprocess.run(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
     total = time.perf_counter() - started
-    cell = {"task": task, "method": method_label(reg), "seed": seed, "extra": extra, "commit": git_commit(),
-            "source_hash": source_hash(), "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     if proc.returncode != 0:
-        return {**cell, "error": f"exit {proc.returncode} (see {run}.log)"}
-    s = json.loads(Path(f"{run}.json").read_text())
+        return {**cell_header(task, reg, seed, extra), "error": f"exit {proc.returncode} (see {run}.log)"}
+    return cell_from_summary(task, reg, seed, extra, json.loads(Path(f"{run}.json").read_text()), total)
+
+
+def cell_header(task: str, reg: str, seed: int, extra: list[str]) -> dict:
+    return {"task": task, "method": method_label(reg), "seed": seed, "extra": extra, "commit": git_commit(),
+            "source_hash": source_hash(), "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+
+
+def cell_from_summary(task: str, reg: str, seed: int, extra: list[str], s: dict, total: float) -> dict:
+    """A results cell from `trust unlearn`'s summary (its --json) and the run's wall-clock seconds."""
     b, a = s["before"], s["after"]
     return {
-        **cell,
+        **cell_header(task, reg, seed, extra),
         "forget": a["forget_rate"], "forget_before": b["forget_rate"],
         "forget_geometric": a.get("forget_rate_geometric"), "forget_geometric_before": b.get("forget_rate_geometric"),
         "unrecognised": a["unrecognised"], "unrecognised_before": b["unrecognised"],
