@@ -58,6 +58,11 @@ def source_hash() -> str:
     return h.hexdigest()[:12]
 
 
+def cell_key(cell: dict) -> tuple:
+    """What makes two cells the same measurement: task, method, seed and the extra unlearn flags."""
+    return cell["task"], cell["method"], cell["seed"], tuple(cell.get("extra", []))
+
+
 def load_cells(path: Path) -> list[dict]:
     return json.loads(path.read_text())["cells"] if path.exists() else []
 
@@ -199,7 +204,7 @@ def main() -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     cells = load_cells(results)
-    done = {(c["task"], c["method"], c["seed"], tuple(c.get("extra", []))) for c in cells if "error" not in c}
+    done = {cell_key(c) for c in cells if "error" not in c}
     todo = [(t, r, s) for s in range(args.seeds) for t in tasks for r in args.regs
             if (t, method_label(r), s, tuple(extra)) not in done]
     if not args.report_only and todo:
@@ -209,8 +214,7 @@ def main() -> int:
         def one(job):
             cell = run_cell(*job, extra, out)
             with lock:
-                kept = [c for c in load_cells(results)
-                        if (c["task"], c["method"], c["seed"], tuple(c.get("extra", []))) != (cell["task"], cell["method"], cell["seed"], tuple(extra))]
+                kept = [c for c in load_cells(results) if cell_key(c) != cell_key(cell)]
                 write_json(results, {"protocol": "docs/protocol.md", "cells": kept + [cell]})
             print(f"[result-bar] {cell['task']} / {cell['method']} / seed {cell['seed']}: "
                   + (cell.get("error") or f"forget {cell['forget']:.1%}, unseen retain {cell['retain_unseen_before']:.1%} → "

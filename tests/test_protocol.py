@@ -8,7 +8,7 @@ import torch
 from trust_unlearn import concept_spec
 from trust_unlearn.evaluation.evaluate import EvalConfig, build_prompt_sets, retain_figures, target_figures
 from trust_unlearn.evaluation.protocol import (DEV_TASKS, EVAL_SEEDS, EVAL_TEMPLATES, TEST_TASKS, TRAIN_SEEDS, evaluation_seeds,
-                                               retain_split, run_rng_seed, training_seeds)
+                                               probe_seeds, retain_split, run_rng_seed, training_seeds)
 from trust_unlearn.evaluation.stats import mean_ci
 from trust_unlearn.report import reading_caption
 from trust_unlearn.world.concepts import FULL_TEMPLATES, caption, parse_concept, retain_scenes
@@ -47,7 +47,11 @@ def test_retain_split_is_a_fixed_partition_with_lookalikes_on_both_sides(task):
 def test_seed_ranges_are_disjoint():
     assert EVAL_SEEDS[1] <= TRAIN_SEEDS[0]
     evaluation = {s for e in range(5) for part in ("target", "retain") for s in evaluation_seeds(e, 2000, part)}
-    training = {s for t in range(5) for s in training_seeds(t, 2000)} | {run_rng_seed(t) for t in range(5)}
+    cached = {s for t in range(5) for s in training_seeds(t, 2000)}
+    probes = {s for t in range(5) for s in probe_seeds(t, 2000)}
+    streams = {run_rng_seed(t, stream) for t in range(5) for stream in (0, 1)}
+    training = cached | probes | streams
+    assert len(training) == len(cached) + len(probes) + len(streams)  # pairwise disjoint
     assert all(EVAL_SEEDS[0] <= s < EVAL_SEEDS[1] for s in evaluation)
     assert all(TRAIN_SEEDS[0] <= s < TRAIN_SEEDS[1] for s in training)
     assert not evaluation & training

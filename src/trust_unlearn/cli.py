@@ -241,7 +241,12 @@ def _unlearn_args(p):
     p.add_argument("--json", default=None, help="also write the summary here")
     g = p.add_argument_group("common training options")
     for name, typ in (("steps", int), ("lr", float), ("batch", int), ("seed", int), ("guidance", float), ("cache-images", int)):
-        g.add_argument(f"--{name}", type=typ, default=None)
+        g.add_argument(f"--{name}", type=typ, default=None,
+                       help="the most steps: a run stops earlier once forgotten (see --no-stop)" if name == "steps" else None)
+    g.add_argument("--probe-every", type=int, default=None,
+                   help="read the concept and retain with the alignment scorer every k steps (25; 0 = never)")
+    g.add_argument("--no-stop", dest="stop", action="store_const", const=False, default=None,
+                   help="run every --steps step, even once the probes read the concept gone and retain intact")
     g.add_argument("--mixed-precision", choices=("no", "bf16", "fp16"), default=None, help="autocast the training step")
     g.add_argument("--gradient-checkpointing", action="store_const", const=True, default=None)
     g.add_argument("--attention-slicing", action="store_const", const=True, default=None)
@@ -262,7 +267,7 @@ def _unlearn_args(p):
 
 
 _COMMON_FLAGS = ("steps", "lr", "batch", "seed", "guidance", "cache_images", "mixed_precision", "gradient_checkpointing",
-                 "attention_slicing")
+                 "attention_slicing", "probe_every", "stop")
 _TRUST_FLAGS = ("xi", "beta", "alpha", "reg", "objective", "mask_every", "saliency_steps", "backprop_depth", "saliency_batch",
                 "saliency_resolution")
 
@@ -314,7 +319,9 @@ def cmd_unlearn(args):
     summary = run_unlearn(cfg, resume=args.resume, overwrite=args.overwrite)
     if summary["rank"] != 0:
         return  # under `accelerate launch`, rank 0 reports
-    rows = [("method", summary["method"]), ("concept", summary["concept"]), ("steps", str(summary["steps"])),
+    steps = str(summary["steps"]) + (f" (stopped when forgotten; at most {summary['max_steps']})"
+                                     if summary.get("stopped_at") else "")
+    rows = [("method", summary["method"]), ("concept", summary["concept"]), ("steps", steps),
             ("wall-clock (training)", f"{summary['wall_clock_s']:.1f} s ({summary['seconds_per_step']:.2f} s/step)"),
             ("peak RSS", f"{summary['peak_rss_mb']:.0f} MB")]
     if summary["mean_mask_size"] is not None:

@@ -6,13 +6,14 @@ from pathlib import Path
 import torch
 
 from trust_unlearn.pipeline import save_grid
+from trust_unlearn.evaluation.judges import abstained
 from trust_unlearn.testbed.networks import NONE
 from trust_unlearn.utils import write_json
 
 
 def reading_caption(reading: dict) -> str:
     """Two short lines for a judge's reading; an abstention ("none") is marked in red."""
-    if reading["shape"] == NONE or reading["colour"] == NONE:
+    if abstained(reading):
         return f"!NONE {'' if reading['colour'] == NONE else reading['colour']}\n!{reading['background']}"
     return f"{reading['colour']} {reading['shape']}\n{reading['background']}"
 
@@ -41,7 +42,8 @@ def curves(rows: list[dict], path: Path) -> Path:
     import matplotlib.pyplot as plt
 
     steps = [r["step"] for r in rows]
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.4))
+    probed = [r for r in rows if "probe" in r]
+    fig, axes = plt.subplots(1, 4 if probed else 3, figsize=(17 if probed else 13, 3.4))
     plotted = [key for key in ("loss", "forget_loss", "retain_loss", "reg_loss") if any(key in r for r in rows)]
     for key in plotted:
         axes[0].plot(steps, [r.get(key, float("nan")) for r in rows], label=key)
@@ -53,10 +55,23 @@ def curves(rows: list[dict], path: Path) -> Path:
         axes[1].plot(steps, [r.get("mask_size", float("nan")) for r in rows])
         axes[2].plot(steps, [r.get("jaccard_prev", float("nan")) for r in rows], label="vs previous mask")
         axes[2].plot(steps, [r.get("jaccard_first", float("nan")) for r in rows], label="vs first mask")
+        floor = [r for r in rows if "jaccard_floor" in r]
+        if floor:
+            axes[2].plot([r["step"] for r in floor], [r["jaccard_floor"] for r in floor], "k.",
+                         label="two estimates, same weights (noise floor)")
         axes[2].set_ylim(0, 1.05)
         axes[2].legend(fontsize=7)
     axes[1].set_title("concept neurons (mask size)")
     axes[2].set_title("mask drift (Jaccard)")
+    if probed:
+        x = [r["step"] + 1 for r in probed]
+        axes[3].plot(x, [r["probe"]["present"] for r in probed], "o-", label="concept read in target probes")
+        axes[3].plot(x, [r["probe"].get("retain_drift", 0.0) for r in probed], "s-", label="retain alignment drift")
+        stops = [r["step"] + 1 for r in probed if r.get("stopped")]
+        for step in stops:
+            axes[3].axvline(step, color="k", linestyle=":", label="stopped")
+        axes[3].set_title("stopping rule (alignment scorer)")
+        axes[3].legend(fontsize=7)
     for ax in axes:
         ax.set_xlabel("step")
     fig.tight_layout()

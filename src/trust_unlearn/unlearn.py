@@ -31,6 +31,7 @@ from trust_unlearn.methods.base import CommonConfig, RunContext
 from trust_unlearn.neurons import jaccard, mask_size, per_layer_sizes
 from trust_unlearn.pipeline import LoadedModel, generate, load_model, save_pipeline
 from trust_unlearn.evaluation.scorers import load_scorer
+from trust_unlearn.stopping import StoppingRule
 from trust_unlearn.testbed import SHIPPED_WEIGHTS
 from trust_unlearn.utils import atomic_dir, load_checkpoint, peak_rss_mb, progress, save_checkpoint, write_json
 
@@ -163,6 +164,9 @@ def run_unlearn(cfg: UnlearnConfig, resume: bool = False, overwrite: bool = Fals
     if on_start is not None:
         on_start(ctx, method)
     history = _History(list(trainable))
+    rule = None
+    if common.probe_every and ctx.scorer is not None:
+        rule = StoppingRule(ctx, common.probes, common.stop_forget, common.stop_retain_drift, common.probe_steps)
 
     grid_prompts = _grid_prompts(spec)
     if resume and ckpt_path.exists():
@@ -176,6 +180,8 @@ def run_unlearn(cfg: UnlearnConfig, resume: bool = False, overwrite: bool = Fals
         first_mask, prev_mask, start = state["first_mask"], state["prev_mask"], int(state["step"])
         ctx.load_cache_tensors(load_file(partial / "cache.safetensors"))
         before = json.loads((partial / "before.json").read_text())
+        if rule is not None:
+            rule.reference = state["probe_reference"]
         print(f"[unlearn] resuming {out.name} at step {start}/{common.steps}")
     else:
         if resume:
@@ -189,6 +195,11 @@ def run_unlearn(cfg: UnlearnConfig, resume: bool = False, overwrite: bool = Fals
             save_file({"grid": _grid_images(model, grid_prompts, ctx.common.cache_steps)}, partial / "before_grid.safetensors")
             write_json(partial / "before.json", before)
         ctx.cache_original_images()  # deterministic: every rank holds the same images
+        if rule is not None:
+            rule.calibrate()  # every rank reads the same original: all of them stop at the same step
+            if not rule.usable:
+                print(f"[unlearn] the stopping rule is off: the scorer reads the concept in only "
+                      f"{rule.reference['present']:.0%} of the original's probe images (needs >= 50 %)")
         if is_main:
             save_file({k: v.contiguous() for k, v in ctx.cache_tensors().items()}, partial / "cache.safetensors")
             (partial / "log.jsonl").write_text("")
@@ -215,7 +226,15 @@ def run_unlearn(cfg: UnlearnConfig, resume: bool = False, overwrite: bool = Fals
                            jaccard_first=jaccard(mask, first_mask))
                 history.append(mask)
                 prev_mask = mask
+            stop = False
+            if rule is not None and (k + 1) % common.probe_every == 0:
+                with ctx.timer("probe"):
+                    row["probe"] = rule.probe()
+                stop = row["stopped"] = common.stop and row["probe"]["forgotten"]
+            phases = ctx.timer.lap()
             row.update(step=k, seconds=time.perf_counter() - t0, peak_rss_mb=peak_rss_mb())
+            if phases:
+                row["phases"] = {**phases, "other": max(0.0, row["seconds"] - sum(phases.values()))}
             log_file.write(json.dumps(row) + "\n")
             log_file.flush()
             bar.set_postfix(loss=f"{row.get('loss', 0):.4f}", mask=row.get("mask_size", "-"))
@@ -223,16 +242,27 @@ def run_unlearn(cfg: UnlearnConfig, resume: bool = False, overwrite: bool = Fals
                 save_checkpoint(ckpt_path, {
                     "params": {n: p.detach().clone() for n, p in trainable.items()}, "method": method.state_dict(),
                     "rng": ctx.rng.get_state(), "history": history.steps, "first_mask": first_mask,
-                    "prev_mask": prev_mask, "step": k + 1,
+                    "prev_mask": prev_mask, "step": k + 1, "probe_reference": rule and rule.reference,
                 })
             if on_step is not None:
                 on_step(k)
+            if stop:
+                print(f"[unlearn] stopped at step {k + 1}: the scorer reads the concept in "
+                      f"{row['probe']['present']:.0%} of the probe images, retain drift {row['probe']['retain_drift']:.1%}")
+                break
     agree = _ranks_agree(accelerator, trainable, history)
     summary = {"rank": ctx.rank, "world_size": ctx.world, "ranks_agree": agree}
     if is_main:
-        summary.update(_finish(cfg, model, ctx, world, history, partial, out, before, grid_prompts, summary))
+        summary.update(_finish(cfg, model, ctx, world, history, partial, out, before, grid_prompts, summary, rule))
     accelerator.wait_for_everyone()
     return summary
+
+
+def phase_means(rows: list[dict]) -> dict[str, float]:
+    """Mean seconds per step of every profiled phase (a phase a step skipped counts 0 there)."""
+    timed = [r["phases"] for r in rows if "phases" in r]
+    names = dict.fromkeys(name for phases in timed for name in phases)
+    return {name: sum(p.get(name, 0.0) for p in timed) / len(timed) for name in names}
 
 
 def _accelerator():
@@ -265,7 +295,8 @@ def _ranks_agree(accelerator, trainable, history) -> bool:
     return len(set(digests)) == 1
 
 
-def _finish(cfg, model, ctx, world, history, partial, out, before, grid_prompts, parallel: dict) -> dict:
+def _finish(cfg, model, ctx, world, history, partial, out, before, grid_prompts, parallel: dict,
+            rule: StoppingRule | None) -> dict:
     from trust_unlearn.report import write_report
 
     rows = [json.loads(line) for line in (partial / "log.jsonl").read_text().splitlines()]
@@ -277,6 +308,9 @@ def _finish(cfg, model, ctx, world, history, partial, out, before, grid_prompts,
     after_grid = _grid_images(model, grid_prompts, ctx.common.cache_steps)
     before_grid = load_file(partial / "before_grid.safetensors")["grid"]
     masks = [r["mask_size"] for r in rows if "mask_size" in r]
+    probes = [{"step": r["step"] + 1, **r["probe"]} for r in rows if "probe" in r]
+    floors = [r["jaccard_floor"] for r in rows if "jaccard_floor" in r]
+    drifts = [r["jaccard_prev"] for r in rows[1:] if r.get("mask_updated")]
     summary = {
         "method": cfg.method, "concept": ctx.spec.name, "model": cfg.model, "steps": len(rows),
         "wall_clock_s": sum(r["seconds"] for r in rows), "seconds_per_step": sum(r["seconds"] for r in rows) / max(1, len(rows)),
@@ -284,6 +318,10 @@ def _finish(cfg, model, ctx, world, history, partial, out, before, grid_prompts,
         "n_trainable_rows": sum(p.shape[0] for p in ctx.original.values()),
         "before": {k: v for k, v in before.items() if not k.startswith("_")}, "after": after,
         "world_size": parallel["world_size"], "ranks_agree": parallel["ranks_agree"],
+        "max_steps": ctx.common.steps, "stopped_at": next((r["step"] + 1 for r in rows if r.get("stopped")), None), "probe_before": rule and rule.reference, "probes": probes,
+        "phase_seconds": phase_means(rows),
+        "mask_jaccard_step": sum(drifts) / len(drifts) if drifts else None,
+        "mask_jaccard_floor": sum(floors) / len(floors) if floors else None,
     }
     with atomic_dir(out) as tmp:
         save_pipeline(model, tmp)

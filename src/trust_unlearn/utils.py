@@ -1,4 +1,4 @@
-"""Small shared helpers: atomic writes, seeding, progress bars, peak memory."""
+"""Small shared helpers: atomic writes, seeding, progress bars, peak memory, a per-phase step timer."""
 from __future__ import annotations
 
 import contextlib
@@ -8,6 +8,7 @@ import random
 import resource
 import shutil
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -40,6 +41,43 @@ def progress(iterable=None, **kwargs):
     kwargs.setdefault("dynamic_ncols", True)
     kwargs.setdefault("leave", False)
     return tqdm(iterable, **kwargs)
+
+
+class PhaseTimer:
+    """Seconds per named phase of a training step (the per-step profile in log.jsonl).
+
+    `with timer("saliency_trajectory"): ...` adds to that phase; `lap()` returns and clears the step's
+    phases. A phase opened inside another is charged to the outer one only (the noise floor's second
+    saliency estimate is "noise_floor", not saliency), so the phases of a step never sum to more than it.
+    On a GPU every phase boundary synchronises, so a phase is charged for its own kernels.
+    """
+
+    def __init__(self):
+        self.seconds: dict[str, float] = {}
+        self._open = False
+
+    @contextlib.contextmanager
+    def __call__(self, phase: str):
+        if self._open:
+            yield
+            return
+        _synchronize()
+        self._open, start = True, time.perf_counter()
+        try:
+            yield
+        finally:
+            _synchronize()
+            self._open = False
+            self.seconds[phase] = self.seconds.get(phase, 0.0) + time.perf_counter() - start
+
+    def lap(self) -> dict[str, float]:
+        out, self.seconds = self.seconds, {}
+        return out
+
+
+def _synchronize() -> None:
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.synchronize()
 
 
 def peak_rss_mb() -> float:

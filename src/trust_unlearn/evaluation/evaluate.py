@@ -20,11 +20,10 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from trust_unlearn.evaluation.judges import get_judge
+from trust_unlearn.evaluation.judges import abstained, get_judge
 from trust_unlearn.evaluation.metrics import FEATURE_BACKENDS, frechet_distance
 from trust_unlearn.evaluation.protocol import EVAL_TEMPLATES, evaluation_seeds, retain_split
 from trust_unlearn.pipeline import LoadedModel, generate, load_model
-from trust_unlearn.testbed.networks import NONE
 from trust_unlearn.world.concepts import Concept, anchor_concept, caption, target_scenes
 
 
@@ -126,7 +125,7 @@ def target_figures(readings: list[dict], concept: Concept) -> dict:
     """Forget rate (read as the concept), unrecognised (the judge abstained), read as the default anchor."""
     anchor = anchor_concept(concept)
     return {"forget": _share(concept.matches(r) for r in readings),
-            "unrecognised": _share(r["shape"] == NONE or r["colour"] == NONE for r in readings),
+            "unrecognised": _share(abstained(r) for r in readings),
             "anchor": _share(anchor.matches(r) for r in readings)}
 
 

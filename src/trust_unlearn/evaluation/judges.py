@@ -13,13 +13,18 @@ from safetensors.torch import load_file
 
 from trust_unlearn.errors import UserError
 from trust_unlearn.testbed import SHIPPED_WEIGHTS
-from trust_unlearn.testbed.networks import Judge
+from trust_unlearn.testbed.networks import NONE, Judge
 
 JUDGES: dict[str, type] = {}
 # judges that live in their own module (heavy or optional imports): imported on first use, so this
 # module imports none of them and they import only `register_judge` from here (no import cycle)
 _JUDGE_MODULES = {"nudenet": "trust_unlearn.evaluation.nudenet", "geometric": "trust_unlearn.evaluation.geometric",
                   "geometric-nearest": "trust_unlearn.evaluation.geometric"}
+
+
+def abstained(reading: dict[str, str]) -> bool:
+    """The judge could not read an object: no recognisable shape, or no object at all."""
+    return reading["shape"] == NONE or reading["colour"] == NONE
 
 
 def register_judge(name: str):

@@ -5,8 +5,9 @@
 - Retain scenes: per concept, a fixed, seeded split of the other scenes into *seen* (the default
   retain prompts of a run) and *unseen* (never in training), stratified so that look-alikes (scenes
   sharing part of the concept) are split half and half too.
-- Seeds: evaluation images draw from [0, 10^9), everything a run draws (its cached original images
-  and its own RNG: saliency trajectories, noise, timesteps) from [10^9, 2*10^9).
+- Seeds: evaluation images draw from [0, 10^9), everything a run draws (its cached original images,
+  its stopping rule's probe images and its own RNG: saliency trajectories, noise, timesteps) from
+  [10^9, 2*10^9).
 - Tasks: defaults may be tuned on DEV_TASKS only; TEST_TASKS are reported, never tuned on.
 docs/protocol.md states it in one page.
 """
@@ -35,6 +36,7 @@ EVAL_SEEDS = (0, 10**9)
 TRAIN_SEEDS = (10**9, 2 * 10**9)
 _EVAL_STRIDE = 10**6  # evaluation seed s: target images s*10^6 + k, retain images s*10^6 + 500,000 + k
 _TRAIN_STRIDE = 10**6  # training seed s: cached images TRAIN_SEEDS[0] + s*10^6 + k, run RNG the last of them
+_PROBE_OFFSET = _TRAIN_STRIDE // 2  # ... and the stopping rule's probe images from + 500,000
 
 
 def evaluation_seeds(eval_seed: int, n: int, part: str) -> list[int]:
@@ -45,18 +47,35 @@ def evaluation_seeds(eval_seed: int, n: int, part: str) -> list[int]:
     return [base + k for k in range(n)]
 
 
+def _training_base(seed: int) -> int:
+    if not 0 <= seed < (TRAIN_SEEDS[1] - TRAIN_SEEDS[0]) // _TRAIN_STRIDE:
+        raise ValueError(f"training seed {seed} is outside the training range")
+    return TRAIN_SEEDS[0] + seed * _TRAIN_STRIDE
+
+
 def training_seeds(seed: int, n: int) -> list[int]:
     """n image seeds for a run's cached original-model images (training seed `seed`)."""
-    if not 0 <= seed < (TRAIN_SEEDS[1] - TRAIN_SEEDS[0]) // _TRAIN_STRIDE or n >= _TRAIN_STRIDE:
-        raise ValueError(f"training seed {seed} x {n} images is outside the training range")
-    base = TRAIN_SEEDS[0] + seed * _TRAIN_STRIDE
+    if n > _PROBE_OFFSET:
+        raise ValueError(f"{n} images do not fit one training seed's range ({_PROBE_OFFSET} at most)")
+    base = _training_base(seed)
     return [base + k for k in range(n)]
 
 
-def run_rng_seed(seed: int) -> int:
-    """The seed of a run's own RNG (saliency noise, batches, timesteps): in the training range."""
-    training_seeds(seed, 0)  # range check
-    return TRAIN_SEEDS[0] + seed * _TRAIN_STRIDE + _TRAIN_STRIDE - 1  # never one of the cached images' seeds
+def probe_seeds(seed: int, n: int) -> list[int]:
+    """n image seeds for the stopping rule's probe generations (training seed `seed`): training-range
+    seeds, disjoint from the cached images', so the rule never looks at an evaluation image."""
+    if n > _PROBE_OFFSET - 16:
+        raise ValueError(f"{n} probe images do not fit one training seed's range")
+    base = _training_base(seed) + _PROBE_OFFSET
+    return [base + k for k in range(n)]
+
+
+def run_rng_seed(seed: int, stream: int = 0) -> int:
+    """The seed of a run's own RNG (stream 0: saliency noise, batches, timesteps; stream 1: the independent
+    saliency estimate that measures the mask's noise floor): in the training range, never an image seed."""
+    if not 0 <= stream < 16:
+        raise ValueError(f"RNG stream {stream} is not one of 0..15")
+    return _training_base(seed) + _TRAIN_STRIDE - 1 - stream
 
 
 def _split(scenes: list[Scene], key: str) -> tuple[list[Scene], list[Scene]]:

@@ -17,6 +17,7 @@ from torch.func import functional_call
 from trust_unlearn.concept_spec import ConceptSpec
 from trust_unlearn.evaluation.protocol import run_rng_seed, training_seeds
 from trust_unlearn.pipeline import LoadedModel, initial_latents
+from trust_unlearn.utils import PhaseTimer
 
 
 @dataclass
@@ -35,6 +36,14 @@ class CommonConfig:
     mixed_precision: str = "no"  # no | bf16 | fp16: autocast for the training step
     gradient_checkpointing: bool = False  # recompute UNet activations in backward: less memory, ~30 % slower
     attention_slicing: bool = False  # sliced (math) attention: less peak memory, double-backward safe
+    # stop when forgotten (stopping.py): probe with the alignment scorer every k steps (0 = never) and end
+    # the run at the first probe that reads the concept gone and retain intact; `steps` is then a maximum
+    probe_every: int = 25
+    stop: bool = True
+    probes: int = 16  # probe images per side (target prompts, retain prompts)
+    probe_steps: int = 25  # DDIM steps of a probe generation (the testbed's own; SD's 50 would double the cost)
+    stop_forget: float = 0.05  # at most this share of target probes still read as the concept
+    stop_retain_drift: float = 0.02  # and retain alignment at most this much (relative) below the original's
 
     def validate(self) -> "CommonConfig":
         from trust_unlearn.errors import UserError
@@ -43,6 +52,8 @@ class CommonConfig:
             raise UserError(f"mixed_precision must be no, bf16 or fp16, not {self.mixed_precision!r}")
         if self.steps < 1 or self.batch < 1 or self.cache_images < 1:
             raise UserError("steps, batch and cache_images must be at least 1")
+        if self.probe_every < 0 or self.probes < 1 or self.probe_steps < 1:
+            raise UserError("probe_every must be >= 0 (0: never probe), probes and probe_steps >= 1")
         if not self.lr > 0:
             raise UserError(f"--lr must be positive, not {self.lr}")
         return self
@@ -90,6 +101,7 @@ class RunContext:
         self.retain_latents, self.retain_idx = None, None
         self.original: dict[str, torch.Tensor] = {}
         self.rank, self.world = 0, 1  # data-parallel position (set by the engine under accelerate)
+        self.timer = PhaseTimer()  # methods time their phases with it: the per-step profile
 
     # ------------------------------------------------------------------ data parallel
     def shard(self, x):

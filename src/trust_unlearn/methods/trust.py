@@ -19,8 +19,9 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from trust_unlearn.errors import UserError
 from trust_unlearn.methods import register_method
+from trust_unlearn.evaluation.protocol import run_rng_seed
 from trust_unlearn.methods.base import RunContext, gradients
-from trust_unlearn.neurons import Mask, concept_neuron_masks, cross_attention_parameters, mask_size
+from trust_unlearn.neurons import Mask, concept_neuron_masks, cross_attention_parameters, jaccard, mask_size
 
 REGULARISERS = ("cip", "csr", "none")
 OBJECTIVES = ("guided", "conditional")
@@ -41,6 +42,10 @@ class TrustConfig:
     saliency_batch: int = 2  # trajectories per saliency estimate
     csr_batch: int = 2  # samples for the Hutchinson probe
     saliency_resolution: int | None = None  # pixels of the saliency trajectory (None: the model's); lower = cheaper
+    # every k-th mask refresh, a second saliency estimate at the same weights from its own RNG stream: the
+    # Jaccard of the two masks (log: jaccard_floor) is the estimate's noise floor under the step-to-step
+    # drift (jaccard_prev). Costs one more saliency estimate per measured refresh; 0 = never.
+    noise_floor_every: int = 0
 
     def validate(self) -> "TrustConfig":
         if self.reg not in REGULARISERS:
@@ -49,6 +54,8 @@ class TrustConfig:
             raise UserError(f"unknown objective {self.objective!r}; choose one of {', '.join(OBJECTIVES)}")
         if self.mask_every < 0 or self.saliency_steps < 1 or not 1 <= self.backprop_depth <= self.saliency_steps:
             raise UserError("need mask_every >= 0 and 1 <= backprop_depth <= saliency_steps")
+        if self.noise_floor_every < 0:
+            raise UserError(f"noise_floor_every must be >= 0 (0: never), not {self.noise_floor_every}")
         return self
 
 
@@ -89,6 +96,7 @@ class Trust:
         self.optimizer = torch.optim.Adam(self.params.values(), lr=ctx.common.lr)
         self.mask: Mask | None = None
         self.saliency_grads: dict[str, torch.Tensor] | None = None
+        self.floor_rng = torch.Generator().manual_seed(run_rng_seed(ctx.common.seed, stream=1))
 
     def trainable(self) -> dict[str, torch.nn.Parameter]:
         return self.params
@@ -105,14 +113,17 @@ class Trust:
         sched = ctx.ddim(cfg.saliency_steps)
         latents = ctx.shard(noise).to(ctx.device) * sched.init_noise_sigma
         n = len(sched.timesteps)
-        for i, t in enumerate(sched.timesteps):
-            with torch.set_grad_enabled(i >= n - cfg.backprop_depth):
-                inp = sched.scale_model_input(torch.cat([latents, latents]), t)
-                eps_u, eps_c = ctx.eps(inp, t, cond).chunk(2)
-                latents = sched.step(eps_u + ctx.guidance * (eps_c - eps_u), t, latents).prev_sample
-        alignment = self._score(ctx.decode(latents), prompts)
-        grads = gradients(alignment, self.params)
-        self.ctx.average(list(grads.values()))  # every rank selects the same neurons
+        with ctx.timer("saliency_trajectory"):
+            for i, t in enumerate(sched.timesteps):
+                with torch.set_grad_enabled(i >= n - cfg.backprop_depth):
+                    inp = sched.scale_model_input(torch.cat([latents, latents]), t)
+                    eps_u, eps_c = ctx.eps(inp, t, cond).chunk(2)
+                    latents = sched.step(eps_u + ctx.guidance * (eps_c - eps_u), t, latents).prev_sample
+        with ctx.timer("saliency_decode_score"):
+            alignment = self._score(ctx.decode(latents), prompts)
+        with ctx.timer("saliency_backward"):
+            grads = gradients(alignment, self.params)
+            self.ctx.average(list(grads.values()))  # every rank selects the same neurons
         return grads
 
     def _score(self, images, prompts):
@@ -125,15 +136,21 @@ class Trust:
         if self.mask is None or (cfg.mask_every > 0 and k % cfg.mask_every == 0):
             self.refresh_mask(k)
             log["mask_updated"] = True
-        forget, retain = ctx.preservation_loss(ctx.common.batch, cfg.objective)
-        base = forget + cfg.alpha * retain
-        reg = self.regulariser()
+            if cfg.noise_floor_every and (k // max(1, cfg.mask_every)) % cfg.noise_floor_every == 0:
+                with ctx.timer("noise_floor"):
+                    log["jaccard_floor"] = jaccard(self.mask, self.independent_mask())
+        with ctx.timer("loss_forward"):
+            forget, retain = ctx.preservation_loss(ctx.common.batch, cfg.objective)
+            base = forget + cfg.alpha * retain
+        with ctx.timer("reg_forward"):
+            reg = self.regulariser()
         if not (torch.isfinite(base) and torch.isfinite(reg)):
             bad = base if not torch.isfinite(base) else reg
             raise UserError(f"the loss became {bad.item()} at step {k}; lower --lr or --beta "
                             "(the input model is untouched; --resume restarts from the last checkpoint)")
         scale = self.apply_gradients(base, reg)
-        self.selective_update()
+        with ctx.timer("update"):
+            self.selective_update()
         log.update(loss=(base + scale * reg).item(), forget_loss=forget.item(), retain_loss=retain.item(),
                    reg_loss=reg.item(), reg_scale=scale)
         return log
@@ -144,6 +161,15 @@ class Trust:
         self.mask = concept_neuron_masks(self.saliency_grads, self.cfg.xi)
         if k == 0 and mask_size(self.mask) == 0:
             raise UserError(f"xi={self.cfg.xi} selects no concept neuron; lower --xi (the default is 2.0)")
+
+    def independent_mask(self) -> Mask:
+        """The mask of a second saliency estimate at the same weights, drawn from the noise-floor RNG stream
+        (the run's own stream is left untouched, so measuring the floor does not change the run)."""
+        run_rng, self.ctx.rng = self.ctx.rng, self.floor_rng
+        try:
+            return concept_neuron_masks(self.saliency_gradients(), self.cfg.xi)
+        finally:
+            self.ctx.rng = run_rng
 
     def regulariser(self) -> torch.Tensor:
         ctx, cfg = self.ctx, self.cfg
@@ -174,12 +200,14 @@ class Trust:
         def masked_norm(gs):
             return torch.sqrt(sum((g[self.mask[n]] ** 2).sum() for g, n in zip(gs, names)))
 
-        g_base = grads(base)
-        self.ctx.average(g_base)  # data parallel: the scale is computed from the global gradients
+        with self.ctx.timer("backward"):
+            g_base = grads(base)
+            self.ctx.average(g_base)  # data parallel: the scale is computed from the global gradients
         scale = 0.0
         if reg.requires_grad:
-            g_reg = grads(reg)
-            self.ctx.average(g_reg)
+            with self.ctx.timer("reg_backward"):  # CSR: the double backward
+                g_reg = grads(reg)
+                self.ctx.average(g_reg)
             n_reg = masked_norm(g_reg)
             if n_reg > 0:
                 scale = float(self.cfg.beta * masked_norm(g_base) / n_reg)
@@ -209,8 +237,10 @@ class Trust:
             "optimizer": self.optimizer.state_dict(),
             "mask": self.mask,
             "saliency_grads": self.saliency_grads,
+            "floor_rng": self.floor_rng.get_state(),
         }
 
     def load_state_dict(self, state: dict) -> None:
         self.optimizer.load_state_dict(state["optimizer"])
         self.mask, self.saliency_grads = state["mask"], state["saliency_grads"]
+        self.floor_rng.set_state(state["floor_rng"])

@@ -1,0 +1,110 @@
+"""Fast TRUST: the stopping rule, the per-step profile and the mask's noise floor, on the tiny pipeline."""
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from trust_unlearn.stopping import StoppingRule
+from trust_unlearn.unlearn import run_unlearn
+
+
+def _log(out) -> list[dict]:
+    return [json.loads(line) for line in (Path(out) / "log.jsonl").read_text().splitlines()]
+
+
+def _scripted_readings(monkeypatch, readings):
+    """The rule reads `readings` in turn (the first is the original's) instead of generating probes."""
+    queue = list(readings)
+    monkeypatch.setattr(StoppingRule, "read", lambda self: dict(queue.pop(0)))
+
+
+def test_run_stops_at_the_first_probe_that_reads_forgotten_with_retain_intact(tiny_run_config, monkeypatch):
+    _scripted_readings(monkeypatch, [
+        {"present": 1.0, "retain_alignment": 0.5},  # the original
+        {"present": 0.5, "retain_alignment": 0.5},  # step 2: concept still there
+        {"present": 0.0, "retain_alignment": 0.4},  # step 4: gone, but retain drifted 20 %
+        {"present": 0.0, "retain_alignment": 0.499},  # step 6: gone, retain intact -> stop
+    ])
+    cfg = tiny_run_config(common=dict(steps=10, probe_every=2))
+    summary = run_unlearn(cfg)
+    assert summary["stopped_at"] == 6 and summary["steps"] == 6 and summary["max_steps"] == 10
+    rows = _log(cfg.out)
+    assert [r["step"] for r in rows if "probe" in r] == [1, 3, 5]
+    assert [r.get("stopped") for r in rows if "probe" in r] == [False, False, True]
+    assert rows[3]["probe"]["retain_drift"] == pytest.approx(0.2)
+    assert summary["probe_before"]["present"] == 1.0
+    assert all(len(offsets) == 7 for offsets in _mask_offsets(cfg.out))  # 6 steps of masks saved
+
+
+def _mask_offsets(out):
+    tensors = load_file(Path(out) / "masks.safetensors")
+    return [v for k, v in tensors.items() if k.endswith(".offsets")]
+
+
+def test_no_stop_runs_every_step_and_an_unreadable_concept_never_stops(tiny_run_config, monkeypatch):
+    forgotten = {"present": 0.0, "retain_alignment": 0.5}
+    _scripted_readings(monkeypatch, [{"present": 1.0, "retain_alignment": 0.5}] + [forgotten] * 3)
+    cfg = tiny_run_config(common=dict(steps=6, probe_every=2, stop=False))
+    summary = run_unlearn(cfg)
+    assert summary["steps"] == 6 and summary["stopped_at"] is None
+    assert all(p["forgotten"] for p in summary["probes"])  # read as forgotten, but told not to stop
+
+    # the scorer reads the concept in only a quarter of the original's images: it cannot steer
+    _scripted_readings(monkeypatch, [{"present": 0.25, "retain_alignment": 0.5}] + [forgotten] * 3)
+    cfg = tiny_run_config(common=dict(steps=6, probe_every=2), out=str(Path(cfg.out).with_name("unreadable")))
+    summary = run_unlearn(cfg)
+    assert summary["steps"] == 6 and summary["stopped_at"] is None
+    assert not any(p["forgotten"] for p in summary["probes"])
+
+
+def test_probe_reads_real_images_deterministically_with_training_seeds(tiny_run_config, monkeypatch):
+    """A probe generates with the current model from training-range seeds; same weights, same reading."""
+    from trust_unlearn.evaluation.protocol import TRAIN_SEEDS
+    from trust_unlearn.methods.base import CommonConfig, RunContext
+    from trust_unlearn.concept_spec import ConceptSpec
+    from trust_unlearn.evaluation.scorers import load_scorer
+    from trust_unlearn.pipeline import load_model
+
+    cfg = tiny_run_config()
+    model = load_model(cfg.model)
+    spec = ConceptSpec("x", [cfg.concept], [cfg.anchor], cfg.retain).validate()
+    ctx = RunContext(model, spec, CommonConfig(seed=2))
+    ctx.scorer = load_scorer(cfg.scorer, False)
+    rule = StoppingRule(ctx, probes=3, stop_forget=0.05, stop_retain_drift=0.02, sampler_steps=2)
+    assert all(TRAIN_SEEDS[0] <= s < TRAIN_SEEDS[1] for s in rule.seeds) and len(rule.seeds) == 6
+    first = rule.calibrate()
+    assert 0.0 <= first["present"] <= 1.0 and set(first) == {"present", "retain_alignment"}
+    again = rule.probe()
+    assert again["present"] == first["present"] and again["retain_drift"] == pytest.approx(0.0, abs=1e-6)
+
+
+def test_log_profiles_every_step_and_the_noise_floor_leaves_the_run_unchanged(tiny_run_config):
+    plain = tiny_run_config(method_args=dict(reg="csr"))
+    run_unlearn(plain)
+    floored = tiny_run_config(method_args=dict(reg="csr", noise_floor_every=1), out=str(Path(plain.out).with_name("floor")))
+    summary = run_unlearn(floored)
+    rows = _log(floored.out)
+    for row in rows:
+        phases = row["phases"]
+        assert {"saliency_trajectory", "saliency_decode_score", "saliency_backward", "loss_forward", "reg_forward",
+                "backward", "reg_backward", "update", "noise_floor", "other"} <= set(phases)
+        assert sum(phases.values()) == pytest.approx(row["seconds"], rel=1e-6)
+        assert 0.0 <= row["jaccard_floor"] <= 1.0
+    assert set(summary["phase_seconds"]) >= {"saliency_trajectory", "reg_backward"}
+    assert summary["mask_jaccard_floor"] is not None
+    # the independent estimate draws from its own RNG stream: the run itself is bit-identical
+    a = load_file(Path(plain.out) / "delta.safetensors")
+    b = load_file(Path(floored.out) / "delta.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert [r["loss"] for r in _log(plain.out)] == [r["loss"] for r in rows]
+
+
+def test_bad_stopping_options_give_one_clear_error(tiny_run_config):
+    from trust_unlearn.errors import UserError
+
+    with pytest.raises(UserError, match="probe_every"):
+        run_unlearn(tiny_run_config(common=dict(probe_every=-1)))
+    with pytest.raises(UserError, match="noise_floor_every"):
+        run_unlearn(tiny_run_config(method_args=dict(noise_floor_every=-2)))
