@@ -1,27 +1,41 @@
-"""`trust bench`: planning, bad inputs, an end-to-end run on a tiny testbed-shaped pipeline (judge faked),
-and report rendering on a tiny result set."""
+"""`trust bench`: labels and tuned settings, bad inputs, a resumable end-to-end run on a tiny testbed-shaped
+pipeline (judge faked, cells in-process), the report's aggregation, and the tuning grid's selection rule."""
 import json
-from pathlib import Path
 
 import pytest
 
+from trust_unlearn.bench import cells as cells_mod
 from trust_unlearn.bench import runner
-from trust_unlearn.bench.runner import BenchConfig, expand_methods, parse_method_label, parse_sweep, plan, run_bench
+from trust_unlearn.bench.report import headline, summarise, update_readme, write_outputs
+from trust_unlearn.bench.runner import BenchConfig, expand_methods, parse_method_label, parse_sweep, plan, resolve_settings, run_bench
+from trust_unlearn.bench.tuning import grid_label, grid_points, select
 from trust_unlearn.errors import UserError
 
 
-# ------------------------------------------------------------------ parsing
+# ------------------------------------------------------------------ labels and settings
 def test_method_labels_groups_and_sweep():
     assert parse_method_label("trust:xi=1.5,beta=0.1") == ("trust", {"xi": 1.5, "beta": 0.1})
-    assert parse_method_label("uce") == ("uce", {})
+    assert parse_method_label("esd-x:lr=1e-05") == ("esd-x", {"lr": 1e-5})  # YAML 1.1 would read a string
     assert parse_sweep(["xi=1.5,2", "beta=0.1,1"]) == {"xi": [1.5, 2], "beta": [0.1, 1]}
     labels = expand_methods(["baselines", "trust"], {"xi": [1.5, 2], "beta": [1]})
-    assert labels[:5] == ["esd-x", "esd-u", "salun", "conceptprune", "uce"]
+    assert labels[:3] == ["esd-x", "esd-u", "salun"] and "advunlearn" in labels
     assert labels[-2:] == ["trust:beta=1,xi=1.5", "trust:beta=1,xi=2"]
-    assert "trust" in labels
-    name, common, args = runner.run_settings("esd-x:lr=0.001,negative_guidance=2", BenchConfig(), 7)
-    assert (name, common["lr"], common["steps"], args) == ("esd-x", 0.001, 7, {"negative_guidance": 2})
-    assert runner.run_settings("uce", BenchConfig(), 7)[1]["steps"] == 1  # training-free: one step
+
+
+def test_every_method_starts_from_its_own_tuned_settings_not_trusts():
+    name, s = resolve_settings("esd-x", testbed=True)
+    assert name == "esd-x" and s["common"]["lr"] != resolve_settings("trust", testbed=True)[1]["common"]["lr"]
+    # a label's own options win over the tuned ones; the bench's common options sit in between
+    assert resolve_settings("esd-x:lr=0.001", testbed=True, common={"lr": 0.5, "steps": 7})[1]["common"]["lr"] == 0.001
+    assert resolve_settings("esd-x", testbed=True, common={"steps": 7})[1]["common"]["steps"] == 7
+    assert resolve_settings("uce", testbed=True)[1]["common"]["steps"] == 1  # training-free: one step
+    # on a real checkpoint: the published settings (ESD: lr 1e-5, 1000 iterations)
+    assert resolve_settings("esd-x", testbed=False)[1]["common"] == {"lr": 1e-5, "steps": 1000, "batch": 1}
+    # a CSR run finds TRUST's CSR entry; a TRUST variant falls back to TRUST's
+    from trust_unlearn.methods import tuned_entry
+
+    assert tuned_entry("trust", {"reg": "csr"}, True)[0] == "trust:reg=csr"
+    assert tuned_entry("trust-static", {"reg": "cip"}, True)[0] == "trust"
 
 
 @pytest.mark.parametrize("cfg,says", [
@@ -32,7 +46,9 @@ def test_method_labels_groups_and_sweep():
     (BenchConfig(attacks=["laser"]), "unknown attack 'laser'"),
     (BenchConfig(methods=["salun:threshold=0"]), "threshold must be"),
     (BenchConfig(methods=["uce:bogus=1"]), "unknown uce:bogus=1 option"),
-    (BenchConfig(steps=0), "--steps must be at least 1"),
+    (BenchConfig(methods=["esd-x"], common={"steps": 0}), "steps, batch and cache_images must be at least 1"),
+    (BenchConfig(tasks=["circle", "square"]), "dev and test tasks"),
+    (BenchConfig(seeds=0), "must be at least 1"),
 ])
 def test_bad_bench_inputs_fail_before_anything_runs(cfg, says):
     with pytest.raises(UserError, match=says):
@@ -51,8 +67,16 @@ def test_cli_bad_input_is_one_clear_error(capsys, tmp_path):
 
     assert main(["bench", "--methods", "nope", "--out", str(tmp_path / "b")]) == 2
     assert "unknown method 'nope'" in capsys.readouterr().err
-    assert main(["bench", "--report-only", "--out", str(tmp_path / "missing")]) == 2
-    assert "no bench.json" in capsys.readouterr().err
+    assert main(["bench", "--report-only", "--results", str(tmp_path / "missing.json")]) == 2
+    assert "no results file" in capsys.readouterr().err
+
+
+def test_plan_attacks_the_first_seed_and_puts_originals_first():
+    jobs = plan(BenchConfig(methods=["esd-x", "uce"], tasks=["circle"], seeds=2, checkpoints=[25, 10**6]))
+    assert [j["label"] for j in jobs] == ["original", "esd-x", "uce", "esd-x", "uce"]
+    assert [bool(j["attacks"]) for j in jobs] == [True, True, True, False, False]
+    assert jobs[1]["checkpoints"] == [25] and jobs[2]["checkpoints"] == []  # past the last step / training-free
+    assert len({j["out"] for j in jobs}) == len(jobs)
 
 
 # ------------------------------------------------------------------ end to end on a tiny testbed-shaped model
@@ -67,131 +91,125 @@ def tiny_testbed_dir(tmp_path):
     return folder
 
 
-def fake_evaluate(model, concept, ecfg, reference):
-    """Stands in for the judge (the testbed judge weights are not part of unit tests): numbers from the weights."""
-    import torch
-
-    w = sum(float(p.double().abs().sum()) for p in model.pipe.unet.parameters())
-    ref = sum(float(p.double().abs().sum()) for p in reference.pipe.unet.parameters())
+def fake_evaluate(model, concept, ecfg=None, reference=None):
+    """Stands in for the judge (its weights are not part of unit tests): figures that move with the weights."""
+    w = sum(float(p.detach().double().abs().sum()) for p in model.pipe.unet.parameters())
+    ref = sum(float(p.detach().double().abs().sum()) for p in reference.pipe.unet.parameters())
     moved = min(1.0, abs(w - ref) / max(1e-9, ref) * 1e3)
-    torch.manual_seed(0)
-    return {"forget_rate": 1.0 - moved, "retain_accuracy": 0.9, "fd_judge": moved, "alignment": 0.5 - moved / 2,
-            "lookalike_retain_accuracy": None}
+    return {"forget_rate": 1.0 - moved, "forget_rate_geometric": 1.0 - moved, "unrecognised": moved / 2,
+            "unrecognised_geometric": 0.0, "anchor_rate": 0.0, "retain_seen": 0.9, "retain_unseen": 0.9 - moved / 10,
+            "lookalike_seen": None, "lookalike_unseen": None, "fd_judge": moved, "judge_disagreements": {"count": 0}}
 
 
-def test_bench_end_to_end_on_a_tiny_model(tiny_testbed_dir, tmp_path, monkeypatch):
-    monkeypatch.setattr(runner, "_evaluate", fake_evaluate)
-    cfg = BenchConfig(model=str(tiny_testbed_dir), methods=["uce", "esd-x", "trust-noise-saliency"], tasks=["circle"],
-                      attacks=[], steps=3, checkpoints=1, out=str(tmp_path / "bench"), isolate=False,
-                      common={"cache_images": 2, "cache_steps": 2, "batch": 2},
-                      overrides={"trust-noise-saliency": {"method_args": {"xi": 1.0, "saliency_batch": 1}},
-                                 "esd-x": {"method_args": {"ddim_steps": 2}}})
-    logs = []
-    results = run_bench(cfg, log=logs.append)
-    out = tmp_path / "bench"
-    for f in ("bench.yaml", "bench.json", "results.csv", "report.html", "tasks/circle/before.json"):
-        assert (out / f).exists(), f
-    methods = results["tasks"]["circle"]["methods"]
-    assert list(methods) == ["uce", "esd-x", "trust-noise-saliency"]
-    assert methods["uce"]["steps"] == 1 and methods["esd-x"]["steps"] == 3
-    assert len(methods["esd-x"]["curve"]) == 2  # one checkpoint + the end
-    assert methods["trust-noise-saliency"]["mask_unit"] == "neurons"
-    for r in methods.values():
-        assert r["wall_clock_s"] > 0 and r["peak_rss_mb"] > 0
-        assert (out / r["run_dir"] / "config.yaml").exists()  # the run re-runs from its folder
-    csv_lines = (out / "results.csv").read_text().splitlines()
-    assert len(csv_lines) == 1 + 1 + 3  # header, original, methods
-    # the saved config re-runs the bench; finished results are reused
-    again = run_bench(BenchConfig.from_yaml(out / "bench.yaml"), log=logs.append)
-    assert any("reusing" in line for line in logs)
-    assert again["tasks"]["circle"]["methods"]["uce"]["forget_rate"] == methods["uce"]["forget_rate"]
+def in_process(job, threads):
+    return cells_mod.run_cell(job)
 
 
-def test_attack_curve_attacks_a_copy_at_every_checkpoint(tiny_testbed_dir, tmp_path, monkeypatch):
-    import trust_unlearn.attacks as attacks
+def test_bench_end_to_end_resumes_cell_by_cell(tiny_testbed_dir, tmp_path, monkeypatch):
+    import trust_unlearn.evaluation.evaluate as ev
 
-    monkeypatch.setattr(runner, "_evaluate", fake_evaluate)
-    attacked = []
-
-    def fake_suite(model, original, concept, names, **kw):
-        attacked.append((model, kw["out"].name))
-        return {n: {"asr": 0.5, "seconds": 0.1, "pre_attack_asr": 0.0} for n in names}
-
-    monkeypatch.setattr(attacks, "run_attack_suite", fake_suite)
-    cfg = BenchConfig(model=str(tiny_testbed_dir), methods=["esd-x"], tasks=["circle"], attacks=["p4d"], steps=3,
-                      checkpoints=2, attack_curve=True, out=str(tmp_path / "bench"), isolate=False,
-                      common={"cache_images": 2, "cache_steps": 2, "batch": 2},
+    monkeypatch.setattr(ev, "evaluate", fake_evaluate)
+    monkeypatch.setattr(runner, "run_isolated", in_process)
+    results = tmp_path / "results" / "bench.json"
+    cfg = BenchConfig(model=str(tiny_testbed_dir), methods=["uce", "esd-x"], tasks=["circle"], seeds=2, attacks=[],
+                      checkpoints=[2], out=str(tmp_path / "runs"), results=str(results), workers=1,
+                      common={"steps": 3, "cache_images": 2, "cache_steps": 2, "batch": 2, "probe_every": 0},
                       overrides={"esd-x": {"method_args": {"ddim_steps": 2}}})
-    curve = run_bench(cfg, log=lambda *_: None)["tasks"]["circle"]["methods"]["esd-x"]["curve"]
-    assert [name for _, name in attacked] == ["attacks-step1", "attacks-step2", "attacks"]
-    assert [c["asr"] for c in curve] == [{"p4d": 0.5}] * 3
-    final_model = attacked[-1][0]
-    assert all(m is not final_model and m.pipe.unet is not final_model.pipe.unet for m, _ in attacked[:-1])
+    logs = []
+    summary = run_bench(cfg, log=logs.append)
+    cells = json.loads(results.read_text())["cells"]
+    assert sorted((c["method"], c["seed"]) for c in cells) == [("esd-x", 0), ("esd-x", 1), ("original", 0), ("uce", 0), ("uce", 1)]
+    esd = next(c for c in cells if c["method"] == "esd-x" and c["seed"] == 0)
+    for key in ("task", "commit", "source_hash", "forget", "forget_geometric", "unrecognised", "retain_seen",
+                "retain_unseen", "retain_unseen_before", "lookalike_unseen", "lookalike_unseen_before", "train_seconds",
+                "total_seconds", "time_to_target_seconds", "settings"):
+        assert key in esd, key
+    assert [p["step"] for p in esd["curve"]] == [2, 3] and esd["steps"] == 3
+    assert esd["settings"]["common"]["lr"] == resolve_settings("esd-x", True)[1]["common"]["lr"]
+    assert (tmp_path / "runs" / "circle" / "esd-x" / "seed0" / "run" / "config.yaml").exists()
+    for f in ("results.md", "results.csv", "report.html", "summary.json"):
+        assert (results.parent / f).exists(), f
+    assert summary["tasks"]["circle"]["methods"]["esd-x"]["seeds"] == [0, 1]
+    # resumed: nothing left to run, every cell kept
+    logs.clear()
+    run_bench(cfg, log=logs.append)
+    assert any("0 of 5 cells to run" in line for line in logs)
+    # settings changed -> the report flags the cells stale; --rerun-stale re-runs them
+    cfg.common = {**cfg.common, "lr": 1e-3}
+    again = run_bench(cfg, log=logs.append)
+    assert again["tasks"]["circle"]["methods"]["esd-x"]["stale"] == [0, 1]
+    cfg.rerun_stale = True
+    assert run_bench(cfg, log=logs.append)["tasks"]["circle"]["methods"]["esd-x"]["stale"] == []
 
 
 def test_bench_refuses_a_model_the_judge_cannot_grade(tiny_model_dir, tmp_path):
     with pytest.raises(UserError, match="runs on the testbed"):
-        run_bench(BenchConfig(model=str(tiny_model_dir), methods=["uce"], tasks=["circle"], attacks=[], out=str(tmp_path / "b")))
+        plan(BenchConfig(model=str(tiny_model_dir), methods=["uce"], tasks=["circle"], attacks=[], out=str(tmp_path / "b")))
 
 
-# ------------------------------------------------------------------ report on a tiny result set
-def tiny_results(tmp_path: Path) -> dict:
-    log = tmp_path / "tasks" / "circle" / "trust" / "run"
-    log.mkdir(parents=True)
-    rows = [{"step": k, "loss": 1.0 / (k + 1), "mask_size": 5 + k, "jaccard_prev": 0.5, "jaccard_first": 1.0 / (k + 1),
-             "mask_layers": {"down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_q.weight": k,
-                             "mid_block.attentions.0.transformer_blocks.0.attn2.to_k.weight": 5}} for k in range(4)]
-    (log / "log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    method = {"label": "trust", "method": "trust", "task": "circle", "steps": 4, "forget_rate": 0.02,
-              "retain_accuracy": 0.9, "lookalike_retain_accuracy": None, "fd_judge": 0.1, "alignment": 0.2,
-              "wall_clock_s": 12.0, "seconds_per_step": 3.0, "peak_rss_mb": 800.0, "time_to_target_s": 6.0,
-              "curve": [{"step": 2, "train_s": 6.0, "forget_rate": 0.04, "retain_accuracy": 0.9, "alignment": 0.3,
-                         "asr": {"p4d": 0.5}},
-                        {"step": 4, "train_s": 12.0, "forget_rate": 0.02, "retain_accuracy": 0.9, "alignment": 0.2,
-                         "asr": {"p4d": 0.25}}],
-              "mask_size": 6.5, "mask_unit": "neurons", "mask_fraction": 0.01, "run_dir": "tasks/circle/trust/run",
-              "asr": {"p4d": 0.25}, "attack_seconds": {"p4d": 3.0}, "pre_attack_asr": 0.0, "common": {}, "method_args": {}}
-    uce = {**method, "label": "uce", "method": "uce", "forget_rate": 0.5, "time_to_target_s": None, "asr": {"p4d": 0.75},
-           "mask_size": 1000, "mask_unit": "weights", "run_dir": "tasks/circle/uce/run", "curve": method["curve"][-1:]}
-    return {"config": {}, "plan": {"labels": ["trust", "uce"], "tasks": ["circle"], "attacks": ["p4d"], "steps": 4,
-                                   "checkpoints": 1, "eval": {}},
-            "machine": {"cpus": 2}, "started": "then", "finished": "now", "total_seconds": 30.0,
-            "tasks": {"circle": {"before": {"forget_rate": 0.95, "retain_accuracy": 0.92, "fd_judge": 0.0,
-                                            "alignment": 0.6, "lookalike_retain_accuracy": None},
-                                 "methods": {"trust": method, "uce": uce}}}}
+def test_a_failing_cell_comes_back_as_an_error_cell(tmp_path):
+    job = {"task": "circle", "label": "uce", "method": "uce", "seed": 0, "out": str(tmp_path / "cell"), "model": str(tmp_path / "none")}
+    cell = cells_mod.run_isolated(job, threads=1)
+    assert cell["method"] == "uce" and "error" in cell and "log:" in cell["error"]
 
 
-def test_report_renders_a_tiny_result_set(tmp_path, capsys):
-    from trust_unlearn.bench.cli import print_tables
-    from trust_unlearn.bench.runner import write_results
+# ------------------------------------------------------------------ aggregation and report
+def cell(method, seed, forget, retain, ttt=None, asr=None, task="circle"):
+    return {"task": task, "method": method, "seed": seed, "commit": "abc", "forget": forget, "forget_geometric": forget,
+            "unrecognised": 0.0, "anchor_rate": 0.0, "retain_seen": retain, "retain_unseen": retain,
+            "retain_unseen_before": 0.9, "lookalike_unseen": None, "lookalike_unseen_before": None, "train_seconds": 10.0 + seed,
+            "total_seconds": 20.0, "time_to_target_seconds": ttt, "forget_before": 0.9, "retain_seen_before": 0.9,
+            "forget_geometric_before": 0.9, "curve": [{"step": 1, "train_seconds": 5.0, "forget": forget, "retain_unseen": retain}],
+            **({"asr": asr, "attack_prompts": {a: 16 for a in asr}} if asr else {})}
 
-    results = tiny_results(tmp_path)
-    write_results(results, tmp_path)
+
+def test_summary_means_intervals_median_time_and_pooled_asr():
+    cells = [cell("original", 0, 0.9, 0.9, asr={"p4d": 1.0}),
+             cell("trust", 0, 0.0, 0.89, ttt=5.0, asr={"p4d": 0.125, "mma": 0.0}), cell("trust", 1, 0.02, 0.88, ttt=7.0),
+             cell("trust", 2, 0.04, 0.90, ttt=None), cell("esd-x", 0, 0.5, 0.5, asr={"p4d": 0.5, "mma": 0.25})]
+    s = summarise(cells, stale={("circle", "esd-x", 0)})
+    t = s["tasks"]["circle"]["methods"]["trust"]
+    assert t["forget"]["n"] == 3 and t["forget"]["mean"] == pytest.approx(0.02) and t["forget"]["low"] < 0.02 < t["forget"]["high"]
+    assert t["time_to_target"] == {"median": 7.0, "reached": 2, "n": 3}  # the miss counts as slowest
+    assert t["asr"]["p4d"]["rate"] == 0.125 and t["asr"]["p4d"]["n"] == 16 and t["asr"]["p4d"]["high"] > 0.125
+    assert t["meets_bar"] and not s["tasks"]["circle"]["methods"]["esd-x"]["meets_bar"]
+    assert s["tasks"]["circle"]["methods"]["esd-x"]["stale"] == [0]
+    assert s["tasks"]["circle"]["original"]["asr"]["p4d"]["rate"] == 1.0
+    table = headline(s)
+    assert "p4d 50 [" in table and "(100)" in table and "7 (2/3)" in table
+
+
+def test_outputs_and_readme_block_are_generated_from_the_cells(tmp_path):
+    cells = [cell("original", 0, 0.9, 0.9, asr={"p4d": 1.0}), cell("trust", 0, 0.0, 0.89, ttt=5.0, asr={"p4d": 0.0})]
+    s = write_outputs(cells, tmp_path)
     page = (tmp_path / "report.html").read_text()
-    assert page.count("<h2>") == 1 and "<table>" in page
-    assert page.count("data:image/png;base64,") >= 3  # scatter, curves, mask figure
-    assert "never" in page and "6.0 s" in page
-    print_tables(results)
-    text = capsys.readouterr().out
-    assert "ASR p4d" in text and "75.0%" in text and "original" in text
-    lines = (tmp_path / "results.csv").read_text().splitlines()
-    assert lines[0].endswith("asr_p4d") and len(lines) == 4
-    md = (tmp_path / "results.md").read_text().splitlines()
-    assert md[0] == "### circle" and md[2].startswith("| method | forget | ASR p4d |") and len(md) == 2 + 2 + 3
+    assert page.count("data:image/png;base64,") == 2 and "<table>" in page
+    header = (tmp_path / "results.csv").read_text().splitlines()[0]
+    assert header.startswith("task,method,seed,commit") and header.endswith("asr_p4d")
+    readme = tmp_path / "README.md"
+    readme.write_text("intro\n<!-- bench:start -->\nold table\n<!-- bench:end -->\nrest\n")
+    update_readme(readme, s, "results/bench/bench.json")
+    text = readme.read_text()
+    assert "old table" not in text and "| circle | `trust` |" in text and text.endswith("rest\n")
 
 
-def test_report_only_rebuilds_from_bench_json(tmp_path):
-    from trust_unlearn.bench.runner import write_json
-    from trust_unlearn.cli import main
-
-    write_json(tmp_path / "bench.json", tiny_results(tmp_path))
-    assert main(["bench", "--report-only", "--out", str(tmp_path)]) == 0
-    assert (tmp_path / "report.html").exists()
+# ------------------------------------------------------------------ tuning
+def tuning_cell(task, label, curve):
+    return {"task": task, "method": label, "seed": 0,
+            "curve": [{"step": s, "forget": f, "retain_unseen": 0.9 - d, "retain_unseen_before": 0.9, "train_seconds": s}
+                      for s, f, d in curve]}
 
 
-def test_an_isolated_run_that_fails_names_the_method_and_task(tiny_model_dir, tmp_path):
-    from trust_unlearn.bench.runner import run_isolated
+def test_tuning_rule_lowest_forget_within_the_retain_slack_ties_to_shorter():
+    from trust_unlearn.evaluation.protocol import DEV_TASKS
 
-    cfg = BenchConfig(model=str(tiny_model_dir), methods=["uce"], tasks=["circle"], attacks=[], out=str(tmp_path))
-    with pytest.raises(UserError, match="uce on 'circle' failed"):
-        run_isolated("uce", "circle", cfg, {"retain_accuracy": 1.0}, tmp_path / "tasks" / "circle" / "uce")
+    label = "esd-x"
+    cells = [tuning_cell(t, grid_label(label, 1e-5), [(100, 0.5, 0.0), (200, 0.1, 0.01), (400, 0.1, 0.02)]) for t in DEV_TASKS]
+    cells += [tuning_cell(t, grid_label(label, 3e-5), [(100, 0.05, 0.05), (200, 0.0, 0.1), (400, 0.0, 0.2)]) for t in DEV_TASKS]
+    points = grid_points(cells, label, [1e-5, 3e-5, 1e-4])  # 1e-4 not run yet: left out
+    assert len(points) == 6
+    assert select(points) == {"lr": 1e-5, "steps": 200, "forget": 0.1, "retain_drop": pytest.approx(0.01), "train_seconds": 200}
+    # none within 3 points: the best forget + retain drop
+    worse = [p for p in points if p["retain_drop"] > 0.03]
+    assert (select(worse)["lr"], select(worse)["steps"]) == (3e-5, 100)
+    assert select([]) is None

@@ -26,7 +26,7 @@ from safetensors.torch import load_file, save_file
 from trust_unlearn.concept_spec import ConceptSpec, resolve_spec
 from trust_unlearn.delta import changed_tensors, write_delta
 from trust_unlearn.errors import UserError
-from trust_unlearn.methods import get_method
+from trust_unlearn.methods import get_method, tuned_common
 from trust_unlearn.methods.base import CommonConfig, RunContext
 from trust_unlearn.neurons import jaccard, mask_size, per_layer_sizes
 from trust_unlearn.pipeline import LoadedModel, generate, load_model, save_pipeline
@@ -50,6 +50,7 @@ class UnlearnConfig:
     out: str = "runs/unlearn"
     checkpoint_every: int = 25
     evaluate: bool = True
+    eval: dict = field(default_factory=dict)  # EvalConfig options of the before/after evaluation (the protocol's by default)
     common: dict = field(default_factory=dict)
     method_args: dict = field(default_factory=dict)
     spec: dict | None = None  # resolved prompts (filled in by the run)
@@ -75,6 +76,12 @@ def _typed(cls, values: dict, what: str):
     if unknown:
         raise UserError(f"unknown {what} option(s) {sorted(unknown)}; valid: {', '.join(sorted(known))}")
     return cls(**values)
+
+
+def _eval_config(values: dict):
+    from trust_unlearn.evaluation.evaluate import EvalConfig
+
+    return _typed(EvalConfig, values, "evaluation")
 
 
 def _check_out(out: Path, model: str, overwrite: bool, resume: bool) -> None:
@@ -115,18 +122,23 @@ def _grid_images(model: LoadedModel, prompts: list[str], steps: int | None, seed
     return generate(model, reps, [k % seeds_per_prompt for k in range(len(reps))], num_inference_steps=steps, desc="grid")
 
 
-def run_unlearn(cfg: UnlearnConfig, resume: bool = False, overwrite: bool = False, on_step=None, on_start=None) -> dict:
+def run_unlearn(cfg: UnlearnConfig, resume: bool = False, overwrite: bool = False, on_step=None, on_start=None,
+                before: dict | None = None) -> dict:
     """Run, resumably, and write the output folder. `on_step(k)` is called after each step (tests);
-    `on_start(ctx, method)` once the method is built, before any image is cached (bench)."""
+    `on_start(ctx, method)` once the method is built, before any image is cached (bench); `before` is the
+    original model's evaluation under `cfg.eval` when the caller has it already (bench: one per task)."""
     out = Path(cfg.out).expanduser().resolve()
     _check_out(out, cfg.model, overwrite, resume)
-    common = _typed(CommonConfig, cfg.common, "common")
+    _typed(CommonConfig, cfg.common, "common")  # unknown options fail before anything loads
     method_cls = get_method(cfg.method)
     method_cfg = _typed(method_cls.config_cls, cfg.method_args, cfg.method)
-    common.validate()
+    eval_cfg = _eval_config(cfg.eval)
     if not (cfg.spec or cfg.spec_file or (cfg.concept or "").strip()):
         raise UserError("empty concept: pass --concept TEXT (e.g. circle, 'red circle') or --spec FILE.yaml")
     model = load_model(cfg.model)
+    # the method's tuned (testbed) or published (SD) settings, under what the run says explicitly
+    common = _typed(CommonConfig, {**tuned_common(cfg.method, asdict(method_cfg), model.is_testbed), **cfg.common},
+                    "common").validate()
     accelerator = _accelerator()
     is_main = accelerator.is_main_process
     model.pipe.to(accelerator.device)
@@ -134,7 +146,7 @@ def run_unlearn(cfg: UnlearnConfig, resume: bool = False, overwrite: bool = Fals
     spec = ConceptSpec(**cfg.spec).validate() if cfg.spec else resolve_spec(
         cfg.concept, cfg.anchor, cfg.retain, cfg.spec_file, model.is_testbed)
     cfg.spec = spec.to_dict()
-    cfg.common, cfg.method_args = asdict(common), asdict(method_cfg)
+    cfg.common, cfg.method_args, cfg.eval = asdict(common), asdict(method_cfg), asdict(eval_cfg)
     world = None
     if model.is_testbed and spec.world_concept:
         from trust_unlearn.world.concepts import parse_concept
@@ -186,12 +198,12 @@ def run_unlearn(cfg: UnlearnConfig, resume: bool = False, overwrite: bool = Fals
     else:
         if resume:
             print(f"[unlearn] nothing to resume in {partial}; starting fresh")
-        before = {}
+        before = dict(before or {})
         if is_main:
-            if cfg.evaluate and world is not None:
+            if cfg.evaluate and world is not None and not before:
                 from trust_unlearn.evaluation.evaluate import evaluate
 
-                before = evaluate(model, world, reference=model)
+                before = evaluate(model, world, eval_cfg, reference=model)
             save_file({"grid": _grid_images(model, grid_prompts, ctx.common.cache_steps)}, partial / "before_grid.safetensors")
             write_json(partial / "before.json", before)
         ctx.cache_original_images()  # deterministic: every rank holds the same images
@@ -304,7 +316,7 @@ def _finish(cfg, model, ctx, world, history, partial, out, before, grid_prompts,
     if cfg.evaluate and world is not None:
         from trust_unlearn.evaluation.evaluate import evaluate
 
-        after = evaluate(model, world, reference=load_model(cfg.model))
+        after = evaluate(model, world, _eval_config(cfg.eval), reference=load_model(cfg.model))
     after_grid = _grid_images(model, grid_prompts, ctx.common.cache_steps)
     before_grid = load_file(partial / "before_grid.safetensors")["grid"]
     masks = [r["mask_size"] for r in rows if "mask_size" in r]
@@ -325,7 +337,10 @@ def _finish(cfg, model, ctx, world, history, partial, out, before, grid_prompts,
     }
     with atomic_dir(out) as tmp:
         save_pipeline(model, tmp)
-        write_delta(tmp / "delta.safetensors", changed_tensors(ctx.original, model.pipe.unet), base=cfg.model)
+        # the delta holds UNet tensors only; a text-encoder method (advunlearn) lives in the saved text_encoder/
+        unet_names = set(model.pipe.unet.state_dict())
+        unet_original = {n: t for n, t in ctx.original.items() if n in unet_names}
+        write_delta(tmp / "delta.safetensors", changed_tensors(unet_original, model.pipe.unet), base=cfg.model)
         save_file(history.tensors(), tmp / "masks.safetensors", metadata={"steps": str(len(history.steps))})
         (tmp / "config.yaml").write_text(yaml.safe_dump(asdict(cfg), sort_keys=False))
         shutil.copy2(partial / "log.jsonl", tmp / "log.jsonl")

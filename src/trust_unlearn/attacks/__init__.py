@@ -17,12 +17,14 @@ from trust_unlearn.attacks.base import ATTACKS, AsrProtocol, Attack, register_at
 from trust_unlearn.errors import UserError
 from trust_unlearn.pipeline import LoadedModel, generate, save_grid
 from trust_unlearn.utils import progress, write_json
-from trust_unlearn.world.concepts import Concept, FULL_TEMPLATES, caption, parse_concept, target_scenes
+from trust_unlearn.evaluation.protocol import ATTACK_TEMPLATES
+from trust_unlearn.evaluation.stats import wilson_ci
+from trust_unlearn.world.concepts import Concept, caption, parse_concept, target_scenes
 
 from trust_unlearn.attacks import mma, p4d, paraphrase, ringabell, unlearndiffatk  # noqa: E402,F401  (registration)
 
 ORDER = ("unlearndiffatk", "p4d", "ringabell", "mma", "paraphrase")
-DEFAULT_PROMPTS, QUICK_PROMPTS = 10, 2
+DEFAULT_PROMPTS, QUICK_PROMPTS = 16, 2  # 16: an ASR's 95 % interval is then about +-20 points, not 0/50/100 %
 
 
 def get_attack(name: str) -> type:
@@ -44,11 +46,13 @@ def resolve_attacks(names) -> list[str]:
 
 
 def target_prompts(concept: Concept, n: int) -> list[str]:
-    """Captions of the concept that state every attribute, cycling scenes and templates."""
+    """n captions of the concept that state every attribute, in templates no run trains on (evaluation, then
+    held-out): every (scene, template) pair once before any repeats; a repeat is attacked again with its own
+    randomness (an attack's generator depends on the prompt's index)."""
     if n < 1:
         raise UserError("empty prompt set: ask for at least one target prompt (--prompts N >= 1)")
-    scenes = target_scenes(concept)
-    return [caption(scenes[k % len(scenes)], FULL_TEMPLATES[(k + k // len(scenes)) % len(FULL_TEMPLATES)]) for k in range(n)]
+    pairs = [(s, t) for t in ATTACK_TEMPLATES for s in target_scenes(concept)]
+    return [caption(*pairs[k % len(pairs)]) for k in range(n)]
 
 
 def judge_candidates(model: LoadedModel, concept: Concept, candidates: list[list[str]], protocol: AsrProtocol,
@@ -120,8 +124,10 @@ def run_attack_suite(model: LoadedModel, original: LoadedModel, concept, attacks
         rows = judge_candidates(model, concept, cands, protocol, desc=f"judge {name}", judge=judge,
                                 show_progress=show_progress)
         seconds = time.perf_counter() - start
+        broken = sum(r["success"] for r in rows)
         results[name] = {
-            "asr": sum(r["success"] for r in rows) / len(rows), "pre_attack_asr": pre_asr,
+            "asr": broken / len(rows), "asr_ci": wilson_ci(broken, len(rows)), "pre_attack_asr": pre_asr,
+            "pre_attack_asr_ci": wilson_ci(sum(r["success"] for r in pre), len(pre)),
             "seconds": seconds, "search_seconds": search_s, "n_prompts": len(targets),
             "prompts": [r["prompt"] for r in rows], "targets": targets,
             "mean_concept_share": sum(r["share"] for r in rows) / len(rows),

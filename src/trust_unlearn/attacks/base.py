@@ -46,8 +46,11 @@ class AsrProtocol:
     seed: int = 0
 
     def seeds(self) -> list[int]:
-        """Evaluation seeds: fixed, shared by every candidate, disjoint from the attacks' own seeds."""
-        return [self.seed * 100_000 + 77_000 + j for j in range(self.seeds_per_prompt)]
+        """Evaluation-range seeds kept for attacks (evaluation/protocol.py): fixed, shared by every candidate,
+        disjoint from the attacks' own seeds and from every evaluation's images."""
+        from trust_unlearn.evaluation.protocol import attack_seeds
+
+        return attack_seeds(self.seed, self.seeds_per_prompt)
 
 
 def banned_words(concept: Concept) -> tuple[str, ...]:

@@ -1,20 +1,203 @@
-"""The bench's HTML report: one self-contained file (plots and grids embedded as PNG data URIs).
+"""The bench's outputs, all generated from the cells: results.md, results.csv, report.html, the README block.
 
-Per task: the table; forget-vs-retain scatter; forget rate and ASR (strongest attack) over training
-wall-clock (the checkpoints; the end only when checkpoints are not attacked); per method the before/after grid, mask size
-and drift (Jaccard to the previous and to the first mask) and where in the UNet the concept neurons
-sit over the steps (neurons per UNet block).
+Per (task, method) over training seeds: mean and 95 % t-interval of forget (both judges), unrecognised,
+unseen retain and look-alike retain, training seconds; the median time-to-target with how many seeds
+reached it; per attack the ASR on the attacked seeds' final models with its Wilson interval, always next
+to the same attack's ASR on the original model. A cell whose code or settings differ from the current
+ones is flagged stale.
 """
 from __future__ import annotations
 
 import base64
+import csv
 import html
 import io
 import json
-import re
+import statistics
 from pathlib import Path
 
+from trust_unlearn.bench.cells import FORGET_TARGET, ORIGINAL, RETAIN_SLACK
+from trust_unlearn.evaluation.stats import mean_ci, wilson_ci
+from trust_unlearn.utils import write_json
 
+README_START, README_END = "<!-- bench:start -->", "<!-- bench:end -->"
+FIGURES = ("forget", "forget_geometric", "unrecognised", "anchor_rate", "retain_unseen", "lookalike_unseen",
+           "retain_seen", "train_seconds", "total_seconds")
+CSV_FIELDS = ("task", "method", "seed", "commit", "source_hash", "forget", "forget_before", "forget_geometric",
+              "unrecognised", "anchor_rate", "retain_seen", "retain_seen_before", "retain_unseen", "retain_unseen_before",
+              "lookalike_unseen", "lookalike_unseen_before", "train_seconds", "total_seconds", "steps", "stopped_at",
+              "time_to_target_seconds", "seconds_per_step", "peak_rss_mb", "error")
+
+
+# ------------------------------------------------------------------ aggregation
+def _pooled_asr(cells: list[dict], attack: str) -> dict | None:
+    """The ASR of an attack over every attacked cell (successes pooled over their target prompts)."""
+    hits = n = 0
+    for c in cells:
+        if attack in (c.get("asr") or {}):
+            k = c["attack_prompts"][attack]
+            hits, n = hits + round(c["asr"][attack] * k), n + k
+    return wilson_ci(hits, n)
+
+
+def summarise(cells: list[dict], stale: set[tuple] | None = None) -> dict:
+    """{"tasks": {task: {"original": {...}, "methods": {label: row}}}, "attacks": [...]}."""
+    stale = stale or set()
+    good = [c for c in cells if "error" not in c]
+    attacks = sorted({a for c in good for a in (c.get("asr") or {})})
+    tasks: dict = {}
+    for task in dict.fromkeys(c["task"] for c in cells):
+        original = next((c for c in good if c["task"] == task and c["method"] == ORIGINAL), None)
+        entry = {"original": original and {"asr": {a: _pooled_asr([original], a) for a in original.get("asr", {})},
+                                           **{k: original.get(k) for k in FIGURES}},
+                 "methods": {}}
+        for label in dict.fromkeys(c["method"] for c in cells if c["task"] == task and c["method"] != ORIGINAL):
+            group = [c for c in good if c["task"] == task and c["method"] == label]
+            errors = [c for c in cells if c["task"] == task and c["method"] == label and "error" in c]
+            row = {"seeds": sorted(c["seed"] for c in group), "errors": [c["error"] for c in errors],
+                   "commits": sorted({c["commit"] for c in group}),
+                   "stale": sorted(c["seed"] for c in group if (task, label, c["seed"]) in stale)}
+            for key in FIGURES:
+                row[key] = mean_ci([c.get(key) for c in group])
+            for key in ("retain_unseen", "lookalike_unseen", "forget", "forget_geometric", "retain_seen"):
+                row[f"{key}_before"] = group[0].get(f"{key}_before") if group else None
+            row["retain_unseen_drop"] = mean_ci([c["retain_unseen_before"] - c["retain_unseen"] for c in group])
+            times = [c.get("time_to_target_seconds") for c in group]
+            reached = sorted(t for t in times if t is not None)
+            # the median over seeds, a seed that never reached the target counting as infinitely slow
+            row["time_to_target"] = {"median": _median_with_misses(times), "reached": len(reached), "n": len(times)}
+            row["asr"] = {a: _pooled_asr(group, a) for a in attacks}
+            row["strongest_asr"] = max((v for v in row["asr"].values() if v), key=lambda v: v["rate"], default=None)
+            row["meets_bar"] = bool(group) and _meets_bar(row)
+            entry["methods"][label] = row
+        tasks[task] = entry
+    return {"tasks": tasks, "attacks": attacks}
+
+
+def _median_with_misses(times: list) -> float | None:
+    if not times:
+        return None
+    ordered = sorted(times, key=lambda t: float("inf") if t is None else t)
+    mid = len(ordered) // 2
+    if len(ordered) % 2:
+        return ordered[mid]
+    a, b = ordered[mid - 1], ordered[mid]
+    return None if a is None or b is None else statistics.mean([a, b])
+
+
+def _meets_bar(row: dict) -> bool:
+    """The protocol's bar on the means: forget <= 5 % by both judges, unseen retain within 3 points."""
+    ok = row["forget"]["mean"] <= FORGET_TARGET
+    ok &= row["forget_geometric"] is None or row["forget_geometric"]["mean"] <= FORGET_TARGET
+    ok &= row["retain_unseen_drop"]["mean"] <= RETAIN_SLACK
+    if row["lookalike_unseen"] is not None and row["lookalike_unseen_before"] is not None:
+        ok &= row["lookalike_unseen"]["mean"] >= row["lookalike_unseen_before"] - RETAIN_SLACK
+    return bool(ok)
+
+
+# ------------------------------------------------------------------ tables
+def _pct(ci: dict | None, key: str = "mean") -> str:
+    if ci is None:
+        return "-"
+    text = f"{100 * ci[key]:.1f}"
+    return text + (f" [{100 * ci['low']:.1f}, {100 * ci['high']:.1f}]" if ci["n"] > 1 else "")
+
+
+def _secs(ci: dict | None) -> str:
+    return "-" if ci is None else f"{ci['mean']:.0f}" + (f" [{ci['low']:.0f}, {ci['high']:.0f}]" if ci["n"] > 1 else "")
+
+
+def _asr(ci: dict | None) -> str:
+    return "-" if ci is None else f"{100 * ci['rate']:.0f} [{100 * ci['low']:.0f}, {100 * ci['high']:.0f}] (n={ci['n']})"
+
+
+def _ttt(t: dict) -> str:
+    if not t["n"]:
+        return "-"
+    median = "never" if t["median"] is None else f"{t['median']:.0f}"
+    return f"{median} ({t['reached']}/{t['n']})"
+
+
+def task_tables(task: str, entry: dict, attacks: list[str]) -> str:
+    """Markdown: the figures table and the attack table of one task."""
+    o = entry["original"] or {}
+    head = ["method", "seeds", "forget %", "forget, geometric %", "unrecognised %", "unseen retain %", "unseen look-alike %",
+            "train s", "time to target s (reached)", "bar"]
+    rows = [["original", "-", _pct(mean_ci([o.get("forget")])), _pct(mean_ci([o.get("forget_geometric")])),
+             _pct(mean_ci([o.get("unrecognised")])), _pct(mean_ci([o.get("retain_unseen")])),
+             _pct(mean_ci([o.get("lookalike_unseen")])), "-", "-", "-"]]
+    for label, r in entry["methods"].items():
+        flag = (" (stale: seeds " + ", ".join(map(str, r["stale"])) + ")") if r["stale"] else ""
+        errs = f", {len(r['errors'])} failed" if r["errors"] else ""
+        rows.append([f"`{label}`{flag}", f"{len(r['seeds'])}{errs}", _pct(r["forget"]), _pct(r["forget_geometric"]),
+                     _pct(r["unrecognised"]), _pct(r["retain_unseen"]), _pct(r["lookalike_unseen"]), _secs(r["train_seconds"]),
+                     _ttt(r["time_to_target"]), "ok" if r["meets_bar"] else "miss"])
+    out = [f"### {task}", "", _md(head, rows)]
+    if attacks:
+        head = ["method"] + [f"{a} ASR %" for a in attacks]
+        rows = [["original"] + [_asr((o.get("asr") or {}).get(a)) for a in attacks]]
+        rows += [[f"`{label}`"] + [_asr(r["asr"].get(a)) for a in attacks] for label, r in entry["methods"].items()
+                 if any(r["asr"].values())]
+        out += ["", _md(head, rows)]
+    return "\n".join(out)
+
+
+def _md(head: list[str], rows: list[list[str]]) -> str:
+    return "\n".join(["| " + " | ".join(head) + " |", "|" + "---|" * len(head)] + ["| " + " | ".join(r) + " |" for r in rows])
+
+
+def headline(summary: dict) -> str:
+    """The README's headline table: per task and method, forget / unseen-retain drop / strongest ASR / time."""
+    head = ["task", "method", "seeds", "forget %", "unseen retain drop, points", "strongest attack ASR % (original)",
+            "train s", "time to target s (reached)"]
+    rows = []
+    for task, entry in summary["tasks"].items():
+        o = entry["original"] or {}
+        for label, r in entry["methods"].items():
+            strongest = r["strongest_asr"]
+            name = next((a for a, v in r["asr"].items() if v is strongest), None)
+            orig = (o.get("asr") or {}).get(name) if name else None
+            asr = "-" if strongest is None else (f"{name} {100 * strongest['rate']:.0f} [{100 * strongest['low']:.0f}, "
+                                                 f"{100 * strongest['high']:.0f}] ({100 * orig['rate']:.0f})" if orig else
+                                                 f"{name} {100 * strongest['rate']:.0f}")
+            drop = r["retain_unseen_drop"]
+            rows.append([task, f"`{label}`", str(len(r["seeds"])), _pct(r["forget"]),
+                         "-" if drop is None else _pct(drop).replace("-", "−"), asr, _secs(r["train_seconds"]),
+                         _ttt(r["time_to_target"])])
+    return _md(head, rows)
+
+
+def write_csv(cells: list[dict], path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(CSV_FIELDS) + [f"asr_{a}" for a in _attacks(cells)], extrasaction="ignore")
+        w.writeheader()
+        for c in cells:
+            w.writerow({**c, **{f"asr_{a}": v for a, v in (c.get("asr") or {}).items()}})
+    tmp.replace(path)
+
+
+def _attacks(cells) -> list[str]:
+    return sorted({a for c in cells for a in (c.get("asr") or {})})
+
+
+def update_readme(readme: Path, summary: dict, results: Path) -> None:
+    """Rewrite the README block between README_START and README_END from the summary."""
+    text = readme.read_text()
+    if README_START not in text or README_END not in text:
+        from trust_unlearn.errors import UserError
+
+        raise UserError(f"{readme} has no {README_START} ... {README_END} block to fill")
+    commits = sorted({c[:10] for e in summary["tasks"].values() for r in e["methods"].values() for c in r["commits"]})
+    note = (f"Generated by `trust bench --report-only --readme` from `{results}` (commits {', '.join(commits) or '-'}): "
+            "mean over training seeds [95 % t-interval]; ASR with its 95 % Wilson interval over the attacked target "
+            "prompts, the original model's in parentheses; time to target = training seconds until forget ≤ 5 % with "
+            "unseen retain within 3 points (median over seeds, a seed that never reached it counting as slowest).")
+    a, b = text.index(README_START) + len(README_START), text.index(README_END)
+    readme.write_text(text[:a] + "\n" + note + "\n\n" + headline(summary) + "\n" + text[b:])
+
+
+# ------------------------------------------------------------------ plots and the HTML report
 def _plt():
     import matplotlib
 
@@ -28,159 +211,120 @@ def _png(fig) -> str:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=90)
     _plt().close(fig)
-    return _data_uri(buf.getvalue())
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
-def _data_uri(data: bytes) -> str:
-    return "data:image/png;base64," + base64.b64encode(data).decode()
+def _err(ci: dict | None, key: str = "mean") -> tuple[float, list[float]]:
+    v = ci[key]
+    return v, [v - ci["low"], ci["high"] - v]
 
 
-def _img(uri: str, alt: str, width: int | None = None) -> str:
-    w = f' width="{width}"' if width else ""
-    return f'<img src="{uri}" alt="{html.escape(alt)}"{w}>'
-
-
-def _max_asr(r: dict):
-    return max(r["asr"].values()) if r.get("asr") else None
-
-
-def scatter_forget_retain(entry: dict) -> str:
+def scatter_figure(task: str, entry: dict) -> str:
+    """Forget vs unseen retain, and strongest ASR vs unseen retain, each with its interval."""
     plt = _plt()
-    fig, ax = plt.subplots(figsize=(4.6, 3.8))
-    b = entry["before"]
-    ax.scatter([b["forget_rate"]], [b["retain_accuracy"]], marker="*", s=120, c="k", label="original")
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    o = entry["original"] or {}
     for label, r in entry["methods"].items():
-        ax.scatter([r["forget_rate"]], [r["retain_accuracy"]], s=40)
-        ax.annotate(label, (r["forget_rate"], r["retain_accuracy"]), fontsize=7, xytext=(3, 3), textcoords="offset points")
-    ax.axvline(0.05, ls=":", c="grey")
-    ax.axhline(b["retain_accuracy"] - 0.03, ls=":", c="grey")
-    ax.set_xlabel("forget rate (lower is better)")
-    ax.set_ylabel("retain accuracy (higher is better)")
-    ax.set_xlim(-0.03, 1.03)
-    ax.set_ylim(-0.03, 1.03)
-    ax.legend(fontsize=7, loc="lower right")
-    fig.tight_layout()
-    return _png(fig)
-
-
-def curves_over_wall_clock(entry: dict) -> str:
-    plt = _plt()
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
-    for label, r in entry["methods"].items():
-        xs = [0.0] + [c["train_s"] for c in r["curve"]]
-        axes[0].plot(xs, [entry["before"]["forget_rate"]] + [c["forget_rate"] for c in r["curve"]], marker="o", ms=3, label=label)
-        # one point per attacked checkpoint; training-free methods (and results saved before checkpoints
-        # were attacked) have only the final model's ASR
-        points = [(c["train_s"], max(c["asr"].values())) for c in r["curve"] if c.get("asr")]
-        if not points and _max_asr(r) is not None:
-            points = [(r["wall_clock_s"], _max_asr(r))]
-        if points:
-            xs, ys = zip(*points)
-            axes[1].plot(xs, ys, marker="o", ms=4, label=label)
-            axes[1].annotate(label, points[-1], fontsize=7, xytext=(3, 3), textcoords="offset points")
-    axes[0].set_title("forget rate over training wall-clock")
-    axes[0].set_xlabel("training seconds")
-    axes[0].set_ylim(-0.03, 1.03)
-    axes[0].legend(fontsize=6)
-    axes[1].set_title("ASR (strongest attack) over training wall-clock")
-    axes[1].set_xlabel("training seconds")
-    axes[1].set_ylim(-0.03, 1.03)
-    if not any(r.get("asr") for r in entry["methods"].values()):
-        axes[1].text(0.5, 0.5, "no attacks run", ha="center", transform=axes[1].transAxes)
-    fig.tight_layout()
-    return _png(fig)
-
-
-def _block(param: str) -> str:
-    m = re.match(r"(down_blocks\.\d+|up_blocks\.\d+|mid_block)", param)
-    return m.group(1) if m else param.split(".")[0]
-
-
-def mask_figure(rows: list[dict]) -> str | None:
-    """Mask size, Jaccard drift and neurons per UNet block over steps; None for methods without a mask."""
-    rows = [r for r in rows if "mask_size" in r]
-    if not rows:
-        return None
-    plt = _plt()
-    steps = [r["step"] for r in rows]
-    blocks = sorted({_block(n) for n in rows[0]["mask_layers"]},
-                    key=lambda b: (("down", "mid", "up").index(b.split("_")[0]) if b.split("_")[0] in ("down", "mid", "up") else 3, b))
-    grid = [[sum(v for n, v in r["mask_layers"].items() if _block(n) == b) for r in rows] for b in blocks]
-    fig, axes = plt.subplots(1, 3, figsize=(12, 3.2))
-    axes[0].plot(steps, [r["mask_size"] for r in rows])
-    axes[0].set_title("mask size (neurons)")
-    axes[1].plot(steps, [r.get("jaccard_prev", 1.0) for r in rows], label="vs previous")
-    axes[1].plot(steps, [r.get("jaccard_first", 1.0) for r in rows], label="vs first")
-    axes[1].set_ylim(-0.03, 1.05)
-    axes[1].legend(fontsize=7)
-    axes[1].set_title("mask drift (Jaccard)")
-    im = axes[2].imshow(grid, aspect="auto", interpolation="nearest", cmap="viridis",
-                        extent=(steps[0] - 0.5, steps[-1] + 0.5, len(blocks) - 0.5, -0.5))
-    axes[2].set_yticks(range(len(blocks)), blocks, fontsize=7)
-    axes[2].set_title("where: neurons per UNet block")
-    fig.colorbar(im, ax=axes[2])
+        if r["forget"] is None:
+            continue
+        y, yerr = _err(r["retain_unseen"])
+        x, xerr = _err(r["forget"])
+        axes[0].errorbar([x], [y], xerr=[[xerr[0]], [xerr[1]]], yerr=[[yerr[0]], [yerr[1]]], fmt="o", ms=4, capsize=2)
+        axes[0].annotate(label, (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
+        if r["strongest_asr"]:
+            a, aerr = _err(r["strongest_asr"], "rate")
+            axes[1].errorbar([a], [y], xerr=[[aerr[0]], [aerr[1]]], yerr=[[yerr[0]], [yerr[1]]], fmt="o", ms=4, capsize=2)
+            axes[1].annotate(label, (a, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    if o.get("retain_unseen") is not None:
+        for ax in axes:
+            ax.axhline(o["retain_unseen"] - RETAIN_SLACK, ls=":", c="grey")
+            ax.scatter([o["forget"] if ax is axes[0] else max((v["rate"] for v in (o.get("asr") or {}).values()), default=1.0)],
+                       [o["retain_unseen"]], marker="*", s=120, c="k", label="original")
+            ax.legend(fontsize=7, loc="lower right")
+    axes[0].axvline(FORGET_TARGET, ls=":", c="grey")
+    axes[0].set_xlabel("forget rate (lower is better)")
+    axes[1].set_xlabel("strongest attack's ASR (lower is better)")
     for ax in axes:
-        ax.set_xlabel("step")
+        ax.set_ylabel("unseen retain accuracy")
+        ax.set_xlim(-0.03, 1.03)
+        ax.set_ylim(-0.03, 1.03)
+    fig.suptitle(task)
     fig.tight_layout()
     return _png(fig)
 
 
-def _table_html(entry: dict, attacks: list[str]) -> str:
-    from trust_unlearn.bench.runner import table_rows
-
-    head, rows = table_rows(entry, attacks)
-    th = "".join(f"<th>{html.escape(h)}</th>" for h in head)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in rows)
-    return f"<table><tr>{th}</tr>{body}</table>"
+def curves_figure(task: str, cells: list[dict]) -> str:
+    """Forget and unseen retain over training wall-clock (every seed's checkpoints); ASR at the final model."""
+    plt = _plt()
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    colours = {}
+    for c in cells:
+        if c["task"] != task or c["method"] == ORIGINAL or "error" in c or not c.get("curve"):
+            continue
+        colour = colours.setdefault(c["method"], f"C{len(colours) % 10}")
+        xs = [0.0] + [p["train_seconds"] for p in c["curve"]]
+        label = c["method"] if c["seed"] == min(x["seed"] for x in cells if x["method"] == c["method"] and x["task"] == task) else None
+        axes[0].plot(xs, [c["forget_before"]] + [p["forget"] for p in c["curve"]], marker="o", ms=2, c=colour, lw=1, label=label)
+        axes[1].plot(xs, [c["retain_unseen_before"]] + [p["retain_unseen"] for p in c["curve"]], marker="o", ms=2, c=colour, lw=1)
+        if c.get("asr"):
+            axes[2].scatter([c["train_seconds"]], [max(c["asr"].values())], c=colour)
+            axes[2].annotate(c["method"], (c["train_seconds"], max(c["asr"].values())), fontsize=7)
+    for ax, title in zip(axes, ("forget over training seconds", "unseen retain over training seconds",
+                                "strongest ASR of the final model")):
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel("training seconds")
+        ax.set_ylim(-0.03, 1.03)
+    axes[0].axhline(FORGET_TARGET, ls=":", c="grey")
+    axes[0].legend(fontsize=6)
+    fig.tight_layout()
+    return _png(fig)
 
 
 CSS = """body{font-family:sans-serif;margin:1.5em;max-width:1300px}table{border-collapse:collapse;font-size:13px}
 td,th{border:1px solid #ccc;padding:3px 6px;text-align:right}td:first-child,th:first-child{text-align:left}
-h2{margin-top:2em;border-bottom:2px solid #444}details{margin:.4em 0}.note{color:#555;font-size:13px}"""
+h2{margin-top:2em;border-bottom:2px solid #444}.note{color:#555;font-size:13px}"""
 
 
-def write_html(results: dict, out: Path) -> Path:
-    out = Path(out)
-    plan = results["plan"]
-    attacks = plan["attacks"]
+def _html_table(md: str) -> str:
+    lines = [ln for ln in md.splitlines() if ln.startswith("|") and not ln.startswith("|---")]
+    cells = [[html.escape(x.strip().strip("`")) for x in ln.strip("|").split("|")] for ln in lines]
+    head = "".join(f"<th>{x}</th>" for x in cells[0])
+    body = "".join("<tr>" + "".join(f"<td>{x}</td>" for x in row) + "</tr>" for row in cells[1:])
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def write_html(summary: dict, cells: list[dict], path: Path) -> None:
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>trust bench</title><style>{CSS}</style></head><body>",
-             "<h1>trust bench</h1>",
-             f"<p class='note'>{html.escape(results.get('started', ''))} - {html.escape(results.get('finished', 'running'))}; "
-             f"total {results.get('total_seconds', 0):.0f} s; machine {html.escape(json.dumps(results.get('machine', {})))}; "
-             f"trained steps {plan['steps']}, checkpoints {plan['checkpoints']}, attacks {', '.join(attacks) or 'none'}; "
-             f"evaluation {html.escape(json.dumps(plan['eval']))}.</p>",
-             "<p class='note'>forget = share of target-prompt images the judge reads as the concept; retain = share of "
-             "other scenes with every attribute right; look-alike = retain on scenes sharing part of a combined/conditional "
-             "concept; FD-judge = Fréchet distance of judge features to the original model's retain images; align = "
-             "alignment score of target images with their prompts; ASR = share of attack target prompts whose found prompt "
-             "makes the model show the concept; to target = training seconds until forget &le; 5 % with retain within 3 "
-             "points of the original (checked at the checkpoints only); wall/s-per-step = training steps only; RSS = "
-             "peak resident memory of the bench process during the run.</p>"]
-    for task, entry in results["tasks"].items():
+             "<h1>trust bench</h1><p class='note'>Protocol: docs/protocol.md; baselines and tuning: docs/baselines.md. "
+             "Intervals: 95 % t over training seeds; ASR: 95 % Wilson over attacked target prompts.</p>"]
+    for task, entry in summary["tasks"].items():
         parts.append(f"<h2>{html.escape(task)}</h2>")
-        parts.append(_table_html(entry, attacks))
+        for block in task_tables(task, entry, summary["attacks"]).split("\n\n"):
+            if block.startswith("|"):
+                parts.append(_html_table(block))
         if entry["methods"]:
-            parts.append(_img(scatter_forget_retain(entry), "forget vs retain"))
-            parts.append(_img(curves_over_wall_clock(entry), "curves over wall-clock"))
-        for label, r in entry["methods"].items():
-            run_dir = out / r["run_dir"]
-            parts.append(f"<details><summary><b>{html.escape(label)}</b>: forget {r['forget_rate']:.1%}, "
-                         f"retain {r['retain_accuracy']:.1%}, {r['wall_clock_s']:.1f} s "
-                         f"({html.escape(str(run_dir.relative_to(out)) if run_dir.is_relative_to(out) else str(run_dir))})</summary>")
-            grid = run_dir / "report" / "before_after.png"
-            if grid.exists():
-                parts.append("<p class='note'>rows: target prompts then retain prompts; left original, right after</p>")
-                parts.append(_img(_data_uri(grid.read_bytes()), "before/after", width=700))
-            log = run_dir / "log.jsonl"
-            if log.exists():
-                fig = mask_figure([json.loads(x) for x in log.read_text().splitlines() if x.strip()])
-                if fig:
-                    parts.append(_img(fig, "mask size and drift"))
-            args = {"common": r.get("common"), "method_args": r.get("method_args")}
-            parts.append(f"<pre class='note'>{html.escape(json.dumps(args))}</pre></details>")
+            parts.append(f"<img src='{scatter_figure(task, entry)}' alt='forget and ASR vs retain'>")
+            parts.append(f"<img src='{curves_figure(task, cells)}' alt='curves over wall-clock'>")
     parts.append("</body></html>")
-    path = out / "report.html"
-    tmp = path.with_name(".report.html.tmp")
+    tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text("\n".join(parts))
     tmp.replace(path)
-    return path
+
+
+def write_outputs(cells: list[dict], folder: Path, stale: set[tuple] | None = None, seconds: float | None = None) -> dict:
+    """results.md, results.csv, report.html and summary.json in `folder`; returns the summary."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    summary = summarise(cells, stale)
+    summary["seconds"] = seconds
+    md = "\n\n".join(task_tables(t, e, summary["attacks"]) for t, e in summary["tasks"].items())
+    (folder / "results.md").write_text("# trust bench\n\nGenerated from the cells; see report.html for the plots.\n\n" + md + "\n")
+    write_csv(cells, folder / "results.csv")
+    write_html(summary, cells, folder / "report.html")
+    write_json(folder / "summary.json", summary)
+    summary["markdown"] = md
+    return summary
+
+
+def load_cells(path: Path) -> list[dict]:
+    return json.loads(Path(path).read_text()).get("cells", [])

@@ -1,27 +1,35 @@
-"""One (task, method) of a bench in its own process: `python -m trust_unlearn.bench.worker JOB.json`."""
+"""One bench cell in its own process: `python -m trust_unlearn.bench.worker JOB.json [--threads N]`.
+
+Writes the cell next to the job (cell.json); exit code 2 with one line on stderr for bad input."""
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import sys
 from pathlib import Path
 
 
-def main(job_path: str) -> int:
+def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from trust_unlearn.bench.runner import BenchConfig, plan, run_method
+    parser = argparse.ArgumentParser()
+    parser.add_argument("job")
+    parser.add_argument("--threads", type=int, default=None)
+    args = parser.parse_args(argv)
+    from trust_unlearn.bench.cells import run_cell
     from trust_unlearn.errors import UserError
-    from trust_unlearn.pipeline import load_model
+    from trust_unlearn.utils import set_cpu_threads, write_json
 
-    job = json.loads(Path(job_path).read_text())
-    cfg = BenchConfig(**job["cfg"])
+    job_path = Path(args.job)
     try:
-        run_method(job["label"], job["task"], cfg, plan(cfg), load_model(cfg.model), job["before"], Path(job["mdir"]))
+        set_cpu_threads(args.threads)
+        cell = run_cell(json.loads(job_path.read_text()))
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    write_json(job_path.with_name("cell.json"), cell)
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1]))
+    sys.exit(main())

@@ -35,6 +35,7 @@ class EvalConfig:
     # templates cycle over them). 24, not 8: 16 look-alike scenes at 8 seeds are 128 images, a binomial s.e.
     # of ~2.7 points against a 3-point bar.
     retain_seeds: int = 24
+    seen: bool = True  # also grade the run's seen retain scenes (False: unseen only -- half the retain images)
     seed: int = 0  # evaluation seed: images from the protocol's evaluation range
     num_inference_steps: int | None = None  # model default (25 on the testbed)
     guidance_scale: float | None = None
@@ -59,11 +60,15 @@ def build_prompt_sets(concept: Concept, cfg: EvalConfig) -> tuple[PromptSet, Pro
     t_scenes = [s for s, _ in targets for _ in range(cfg.target_seeds)]
     t_prompts = [caption(s, t) for s, t in targets for _ in range(cfg.target_seeds)]
     split = retain_split(concept)
-    r_scenes = [s for s in split["seen"] + split["unseen"] for _ in range(cfg.retain_seeds)]
-    r_prompts = [caption(s, EVAL_TEMPLATES[k % len(EVAL_TEMPLATES)]) for s in split["seen"] + split["unseen"]
-                 for k in range(cfg.retain_seeds)]
+    scenes = split["seen"] + split["unseen"]
+    r_scenes = [s for s in scenes for _ in range(cfg.retain_seeds)]
+    r_prompts = [caption(s, EVAL_TEMPLATES[k % len(EVAL_TEMPLATES)]) for s in scenes for k in range(cfg.retain_seeds)]
+    r_seeds = evaluation_seeds(cfg.seed, len(r_prompts), "retain")
+    if not cfg.seen:  # the unseen images of the full evaluation, seed for seed
+        skip = len(split["seen"]) * cfg.retain_seeds
+        r_scenes, r_prompts, r_seeds = r_scenes[skip:], r_prompts[skip:], r_seeds[skip:]
     return (PromptSet(t_prompts, t_scenes, evaluation_seeds(cfg.seed, len(t_prompts), "target")),
-            PromptSet(r_prompts, r_scenes, evaluation_seeds(cfg.seed, len(r_prompts), "retain")))
+            PromptSet(r_prompts, r_scenes, r_seeds))
 
 
 def _cache_dir() -> Path:

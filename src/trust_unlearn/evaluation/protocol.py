@@ -8,6 +8,8 @@
 - Seeds: evaluation images draw from [0, 10^9), everything a run draws (its cached original images,
   its stopping rule's probe images and its own RNG: saliency trajectories, noise, timesteps) from
   [10^9, 2*10^9).
+- Attacks: target prompts in the evaluation and held-out templates (never a run's prompt); the images
+  that grade a found prompt draw from evaluation seeds 900.. of [0, 10^9), which no evaluation uses.
 - Tasks: defaults may be tuned on DEV_TASKS only; TEST_TASKS are reported, never tuned on.
 docs/protocol.md states it in one page.
 """
@@ -16,7 +18,7 @@ from __future__ import annotations
 import random
 import zlib
 
-from trust_unlearn.world.captions import TRAIN_TEMPLATES
+from trust_unlearn.world.captions import HELDOUT_TEMPLATES, TRAIN_TEMPLATES
 from trust_unlearn.world.concepts import FULL_TEMPLATES, Concept, retain_scenes
 from trust_unlearn.world.shapes import Scene
 
@@ -31,6 +33,9 @@ TRAIN_FULL_TEMPLATES = tuple(t for t in FULL_TEMPLATES if t not in EVAL_TEMPLATE
 # every template a run may caption with: the testbed's training templates less the evaluation ones
 RUN_TEMPLATES = tuple(t for t in TRAIN_TEMPLATES if t not in EVAL_TEMPLATES)
 
+# attack target prompts: templates no run captions with (evaluation, then the held-out paraphrase templates)
+ATTACK_TEMPLATES = EVAL_TEMPLATES + HELDOUT_TEMPLATES
+
 # seed ranges (half-open): disjoint, so no image a run trained on is ever graded
 EVAL_SEEDS = (0, 10**9)
 TRAIN_SEEDS = (10**9, 2 * 10**9)
@@ -41,9 +46,21 @@ _PROBE_OFFSET = _TRAIN_STRIDE // 2  # ... and the stopping rule's probe images f
 
 def evaluation_seeds(eval_seed: int, n: int, part: str) -> list[int]:
     """n image seeds of evaluation seed `eval_seed` for `part` ("target" or "retain")."""
-    if not 0 <= eval_seed < EVAL_SEEDS[1] // _EVAL_STRIDE or n > _EVAL_STRIDE // 2:
+    if not 0 <= eval_seed < _ATTACK_EVAL_SEED or n > _EVAL_STRIDE // 2:
         raise ValueError(f"evaluation seed {eval_seed} x {n} images is outside the evaluation range")
     base = eval_seed * _EVAL_STRIDE + (0 if part == "target" else _EVAL_STRIDE // 2)
+    return [base + k for k in range(n)]
+
+
+_ATTACK_EVAL_SEED = 900  # evaluation seeds 900.. of the evaluation range grade attacks; evaluations use 0..
+
+
+def attack_seeds(seed: int, n: int) -> list[int]:
+    """n image seeds that grade every candidate prompt of an attack run with seed `seed` (evaluation range,
+    disjoint from every evaluation's images as long as evaluations use evaluation seeds below 900)."""
+    if not 0 <= seed < EVAL_SEEDS[1] // _EVAL_STRIDE - _ATTACK_EVAL_SEED or n > _EVAL_STRIDE:
+        raise ValueError(f"attack seed {seed} x {n} images is outside the attack part of the evaluation range")
+    base = (_ATTACK_EVAL_SEED + seed) * _EVAL_STRIDE
     return [base + k for k in range(n)]
 
 

@@ -1,7 +1,15 @@
-"""Unlearning methods, found by name. Adding one touches one file: define it and `@register_method`."""
+"""Unlearning methods, found by name. Adding one touches one file: define it and `@register_method`
+(and, for a trained method, its settings in tuned.yaml)."""
 from __future__ import annotations
 
+from functools import lru_cache
+from pathlib import Path
+
+import yaml
+
 from trust_unlearn.errors import UserError
+
+TUNED_PATH = Path(__file__).with_name("tuned.yaml")
 
 METHODS: dict[str, type] = {}
 
@@ -25,3 +33,29 @@ def get_method(name: str) -> type:
 def _import_builtin() -> None:
     from trust_unlearn.methods import trust  # noqa: F401
     from trust_unlearn.methods import ablations, conceptprune, esd, salun, uce  # noqa: F401
+
+
+@lru_cache(maxsize=1)
+def _tuned() -> dict:
+    return yaml.safe_load(TUNED_PATH.read_text())
+
+
+def tuned_entry(method: str, method_args: dict, testbed: bool) -> tuple[str | None, dict]:
+    """(key, entry) of tuned.yaml for a run: the most specific key whose options all match `method_args`
+    (e.g. `trust:reg=csr` for a CSR run), TRUST's variants falling back to `trust`; (None, {}) if none."""
+    table = _tuned()["testbed" if testbed else "stable-diffusion"]
+    names = [method] + (["trust"] if method.startswith("trust-") else [])
+    best, best_size = None, -1
+    for key in table:
+        name, _, rest = key.partition(":")
+        options = dict(item.split("=", 1) for item in rest.split(",") if item)
+        if name in names and all(str(method_args.get(k)) == v for k, v in options.items()):
+            size = len(options) + 10 * (name == method)
+            if size > best_size:
+                best, best_size = key, size
+    return best, (table[best] if best else {})
+
+
+def tuned_common(method: str, method_args: dict, testbed: bool) -> dict:
+    """The common training options (lr, steps, batch, ...) a run of `method` starts from."""
+    return dict(tuned_entry(method, method_args, testbed)[1].get("common", {}))

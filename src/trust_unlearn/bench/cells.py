@@ -1,0 +1,312 @@
+"""One cell of a benchmark: one method on one task with one training seed, measured under the protocol.
+
+A cell is one `trust unlearn` run (evaluated before and after with the protocol's evaluation), with
+cheaper evaluations at checkpoint steps (forget and unseen retain over training wall-clock, hence the
+time-to-target), optionally attacked, and returned as one flat JSON record. The original model of a
+task is a cell too (method "original": its evaluation and the attacks' ASR on it), so every attack
+figure of a method can be shown next to the same attack on the original.
+
+Cells are stored in a results file (`{"cells": [...]}`) and keyed by (task, method, seed): a run of the
+bench skips the cells already there, so it resumes cell by cell across sittings. Every cell records the
+commit and digests of the code it ran (method, engine, attacks); the report flags cells whose code has
+changed since.
+"""
+from __future__ import annotations
+
+import hashlib
+import inspect
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+from trust_unlearn.errors import UserError
+from trust_unlearn.utils import write_json
+
+PACKAGE = Path(__file__).resolve().parent.parent
+ROOT = PACKAGE.parent.parent
+FORGET_TARGET, RETAIN_SLACK = 0.05, 0.03
+ORIGINAL = "original"
+# the engine and evaluation every trained cell depends on, whatever its method
+ENGINE_FILES = ("unlearn.py", "stopping.py", "concept_spec.py", "neurons.py", "methods/base.py", "methods/__init__.py",
+                "methods/tuned.yaml", "evaluation/evaluate.py", "evaluation/protocol.py", "evaluation/judges.py",
+                "evaluation/geometric.py")
+
+
+# ------------------------------------------------------------------ identity of a cell
+def cell_key(cell: dict) -> tuple:
+    return cell["task"], cell["method"], int(cell["seed"])
+
+
+def git_commit() -> str:
+    """HEAD, with "-dirty" when the package source differs from it."""
+    run = lambda *a: subprocess.run(["git", *a], cwd=ROOT, capture_output=True, text=True).stdout.strip()  # noqa: E731
+    head = run("rev-parse", "HEAD") or "unknown"
+    return head + ("-dirty" if run("status", "--porcelain", "--untracked-files=no", "src") else "")
+
+
+def _digest(paths) -> str:
+    h = hashlib.sha256()
+    for path in sorted(set(paths)):
+        h.update(Path(path).relative_to(PACKAGE).as_posix().encode())
+        h.update(Path(path).read_bytes())
+    return h.hexdigest()[:12]
+
+
+def method_files(name: str) -> list[Path]:
+    """The source files of a method: its class and every base class defined in this package."""
+    from trust_unlearn.methods import get_method
+
+    files = []
+    for cls in inspect.getmro(get_method(name)):
+        try:
+            path = Path(inspect.getsourcefile(cls)).resolve()
+        except TypeError:
+            continue
+        if PACKAGE in path.parents:
+            files.append(path)
+    return files
+
+
+def source_hash(name: str) -> str:
+    """Digest of the code a cell of method `name` ran: the method's files plus the engine and evaluation."""
+    engine = [PACKAGE / f for f in ENGINE_FILES]
+    return _digest(engine + ([] if name == ORIGINAL else method_files(name)))
+
+
+def attack_hash() -> str:
+    return _digest((PACKAGE / "attacks").glob("*.py"))
+
+
+# ------------------------------------------------------------------ the results file
+class CellStore:
+    """The cells of one results file; each finished cell is merged in and the file rewritten atomically."""
+
+    def __init__(self, path: str | Path, header: dict | None = None):
+        self.path = Path(path)
+        self.header = header or {}
+        self.lock = threading.Lock()
+
+    def cells(self) -> list[dict]:
+        return json.loads(self.path.read_text()).get("cells", []) if self.path.exists() else []
+
+    def done(self) -> set[tuple]:
+        return {cell_key(c) for c in self.cells() if "error" not in c}
+
+    def get(self, key: tuple) -> dict | None:
+        return next((c for c in self.cells() if cell_key(c) == key and "error" not in c), None)
+
+    def put(self, cell: dict) -> None:
+        with self.lock:
+            data = json.loads(self.path.read_text()) if self.path.exists() else {}
+            kept = [c for c in data.get("cells", []) if cell_key(c) != cell_key(cell)]
+            data.update(self.header)
+            data["cells"] = kept + [cell]
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            write_json(self.path, data)
+
+
+# ------------------------------------------------------------------ one cell, in this process
+def meets_target(point: dict) -> bool:
+    """Forget <= 5 % with unseen retain at most 3 points below the original's (the time-to-target bar)."""
+    return point["forget"] <= FORGET_TARGET and point["retain_unseen"] >= point["retain_unseen_before"] - RETAIN_SLACK
+
+
+def time_to_target(curve: list[dict]) -> float | None:
+    return next((p["train_seconds"] for p in curve if meets_target(p)), None)
+
+
+def _protocol_figures(before: dict, after: dict) -> dict:
+    """The protocol's fields of a cell (rates as fractions), from two `evaluate` results."""
+    out = {}
+    for key, src in (("forget", "forget_rate"), ("forget_geometric", "forget_rate_geometric"),
+                     ("unrecognised", "unrecognised"), ("unrecognised_geometric", "unrecognised_geometric"),
+                     ("anchor_rate", "anchor_rate"), ("retain_seen", "retain_seen"), ("retain_unseen", "retain_unseen"),
+                     ("lookalike_seen", "lookalike_seen"), ("lookalike_unseen", "lookalike_unseen"),
+                     ("fd_judge", "fd_judge")):
+        out[key] = after.get(src)
+        out[f"{key}_before"] = before.get(src)
+    out["judge_disagreements"] = after.get("judge_disagreements", {}).get("count")
+    return out
+
+
+def _curve_point(step: int, train_seconds: float, res: dict, before: dict) -> dict:
+    return {"step": step, "train_seconds": train_seconds, "forget": res["forget_rate"],
+            "forget_geometric": res.get("forget_rate_geometric"), "unrecognised": res["unrecognised"],
+            "retain_unseen": res["retain_unseen"], "retain_unseen_before": before["retain_unseen"]}
+
+
+def _attack(model, original, task: str, job: dict, out: Path) -> dict:
+    from trust_unlearn.attacks import run_attack_suite
+
+    found = run_attack_suite(model, original, task, job["attacks"], seed=job.get("attack_seed", 0),
+                             budget=job.get("attack_budget"), out=out, quick=job.get("quick", False),
+                             n_prompts=job["attack_prompts"], show_progress=False)
+    return {"asr": {a: r["asr"] for a, r in found.items()}, "asr_ci": {a: r["asr_ci"] for a, r in found.items()},
+            "attack_prompts": {a: r["n_prompts"] for a, r in found.items()},
+            "attack_seconds": {a: r["seconds"] for a, r in found.items()},
+            "pre_attack_asr": next(iter(found.values()))["pre_attack_asr"], "attack_hash": attack_hash()}
+
+
+def _header(job: dict) -> dict:
+    return {"task": job["task"], "method": job["label"], "seed": int(job["seed"]), "commit": git_commit(),
+            "source_hash": source_hash(job["method"]), "settings": job.get("settings"),
+            "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "threads": _threads()}
+
+
+def _threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
+
+
+def run_original_cell(job: dict) -> dict:
+    """The original model of a task: its evaluation, and (when asked) every attack on it."""
+    from trust_unlearn.evaluation.evaluate import EvalConfig
+    from trust_unlearn.pipeline import load_model
+
+    started = time.perf_counter()
+    original = load_model(job["model"])
+    res = original_evaluation(original, job, EvalConfig(**job["eval"]), Path(job["out"]).parent)
+    cell = {**_header(job), **{k: v for k, v in _protocol_figures(res, res).items() if not k.endswith("_before")}}
+    if job["attacks"]:
+        cell.update(_attack(original, original, job["task"], job, Path(job["out"]) / "attacks"))
+    cell["total_seconds"] = time.perf_counter() - started
+    return cell
+
+
+def run_method_cell(job: dict) -> dict:
+    """One method on one task and seed: train (evaluating at the checkpoints), evaluate, attack."""
+    from trust_unlearn.evaluation.evaluate import EvalConfig, evaluate
+    from trust_unlearn.pipeline import load_model
+    from trust_unlearn.unlearn import UnlearnConfig, run_unlearn
+    from trust_unlearn.world.concepts import parse_concept
+
+    started = time.perf_counter()
+    out = Path(job["out"])
+    concept = parse_concept(job["task"])
+    settings = job["settings"]
+    ucfg = UnlearnConfig(model=job["model"], method=job["method"], concept=job["task"], out=str(out / "run"),
+                         checkpoint_every=10**9, eval=job["eval"], common={**settings["common"], "seed": job["seed"]},
+                         method_args=settings["method_args"])
+    state: dict = {"curve": []}
+    partial_log = out / ".run.partial" / "log.jsonl"
+    check_cfg = EvalConfig(**job["checkpoint_eval"])
+    original = load_model(job["model"])
+    cache_dir = out.parent.parent
+    check_before = original_evaluation(original, job, check_cfg, cache_dir) if job["checkpoints"] else None
+
+    def on_start(ctx, method):
+        state["ctx"] = ctx
+        _share_original_images(ctx, job, cache_dir)
+
+    def on_step(k):
+        if k + 1 in job["checkpoints"]:
+            rows = [json.loads(x) for x in partial_log.read_text().splitlines()]
+            res = evaluate(state["ctx"].model, concept, check_cfg, reference=original)
+            state["curve"].append(_curve_point(k + 1, sum(r["seconds"] for r in rows), res, check_before))
+
+    before = original_evaluation(original, job, EvalConfig(**job["eval"]), cache_dir)
+    summary = run_unlearn(ucfg, overwrite=True, on_step=on_step, on_start=on_start, before=before)
+    before, after = summary["before"], summary["after"]
+    final = _curve_point(summary["steps"], summary["wall_clock_s"], after, before)
+    curve = [p for p in state["curve"] if p["step"] < summary["steps"]] + [final]
+    cell = {
+        **_header(job), **_protocol_figures(before, after),
+        "train_seconds": summary["wall_clock_s"], "seconds_per_step": summary["seconds_per_step"],
+        "steps": summary["steps"], "max_steps": summary["max_steps"], "stopped_at": summary.get("stopped_at"),
+        "peak_rss_mb": summary["peak_rss_mb"], "mean_mask": summary["mean_mask_size"],
+        "rows": summary["n_trainable_rows"], "phase_seconds": summary.get("phase_seconds"),
+        "mask_jaccard_step": summary.get("mask_jaccard_step"), "mask_jaccard_floor": summary.get("mask_jaccard_floor"),
+        "curve": curve, "time_to_target_seconds": time_to_target(curve),
+        "run_dir": str((out / "run").resolve()),
+    }
+    if job["attacks"]:
+        cell.update(_attack(state["ctx"].model, original, job["task"], job, out / "attacks"))
+    cell["total_seconds"] = time.perf_counter() - started
+    return cell
+
+
+def original_evaluation(original, job: dict, cfg, cache_dir: Path) -> dict:
+    """The original model's evaluation of a task, computed once and shared by every cell that needs it
+    (keyed on the model, the task, the evaluation options and the evaluation code)."""
+    from dataclasses import asdict
+
+    from trust_unlearn.evaluation.evaluate import evaluate
+    from trust_unlearn.world.concepts import parse_concept
+
+    key = json.dumps([job["model"], job["task"], asdict(cfg), source_hash(ORIGINAL)], sort_keys=True)
+    path = cache_dir / f"original-eval-{hashlib.sha256(key.encode()).hexdigest()[:12]}.json"
+    if path.exists():
+        return json.loads(path.read_text())
+    res = evaluate(original, parse_concept(job["task"]), cfg, reference=original)
+    res = {k: v for k, v in res.items() if not k.startswith("_")}
+    write_json(path, res)
+    return res
+
+
+def _share_original_images(ctx, job: dict, cache_dir: Path) -> None:
+    """Cells of one task and seed share the original model's cached training images: the first computes them."""
+    from safetensors.torch import load_file, save_file
+
+    key = json.dumps([job["model"], ctx.common.seed, ctx.common.cache_images, ctx.common.cache_steps, ctx.guidance,
+                      ctx.spec.to_dict()])
+    path = cache_dir / f"original-images-{hashlib.sha256(key.encode()).hexdigest()[:12]}.safetensors"
+    if path.exists():
+        ctx.cache_original_images = lambda: ctx.load_cache_tensors(load_file(path))
+        return
+    compute = ctx.cache_original_images
+
+    def compute_and_share():
+        compute()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        save_file({k: v.contiguous() for k, v in ctx.cache_tensors().items()}, tmp)
+        os.replace(tmp, path)
+
+    ctx.cache_original_images = compute_and_share
+
+
+def run_cell(job: dict) -> dict:
+    return run_original_cell(job) if job["label"] == ORIGINAL else run_method_cell(job)
+
+
+# ------------------------------------------------------------------ one cell, in its own process
+def run_isolated(job: dict, threads: int) -> dict:
+    """run_cell in a fresh Python process with `threads` CPU threads (honest RSS and wall-clock, no state
+    carried between cells); a failure comes back as a cell with an "error" field."""
+    out = Path(job["out"])
+    out.mkdir(parents=True, exist_ok=True)
+    job_path, cell_path, log_path = out / "job.json", out / "cell.json", out / "cell.log"
+    cell_path.unlink(missing_ok=True)
+    write_json(job_path, job)
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads), "HF_HUB_OFFLINE": "1"}
+    with open(log_path, "w") as log:
+        rc = subprocess.run([sys.executable, "-m", "trust_unlearn.bench.worker", str(job_path), "--threads", str(threads)],
+                            env=env, stdout=log, stderr=subprocess.STDOUT).returncode
+    if rc != 0 or not cell_path.exists():
+        tail = log_path.read_text().strip().splitlines()[-1:] if log_path.exists() else []
+        return {**{k: job[k] for k in ("task", "seed")}, "method": job["label"], "commit": git_commit(),
+                "error": f"exit {rc}: {' '.join(tail)[:300]} (log: {log_path})"}
+    return json.loads(cell_path.read_text())
+
+
+def check_job(job: dict) -> None:
+    """Fail before anything runs when a job's method or options are wrong (one clear message)."""
+    from trust_unlearn.methods import get_method
+    from trust_unlearn.unlearn import _typed
+
+    if job["label"] == ORIGINAL:
+        return
+    cls = get_method(job["method"])
+    cfg = _typed(cls.config_cls, job["settings"]["method_args"], job["label"])
+    if hasattr(cfg, "validate"):
+        cfg.validate()
+    from trust_unlearn.methods.base import CommonConfig
+
+    _typed(CommonConfig, job["settings"]["common"], job["label"]).validate()
+    if any(c < 1 for c in job["checkpoints"]):
+        raise UserError("checkpoint steps must be at least 1")
