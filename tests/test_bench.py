@@ -18,7 +18,7 @@ def test_method_labels_groups_and_sweep():
     assert parse_method_label("esd-x:lr=1e-05") == ("esd-x", {"lr": 1e-5})  # YAML 1.1 would read a string
     assert parse_sweep(["xi=1.5,2", "beta=0.1,1"]) == {"xi": [1.5, 2], "beta": [0.1, 1]}
     labels = expand_methods(["baselines", "trust"], {"xi": [1.5, 2], "beta": [1]})
-    assert labels[:3] == ["esd-x", "esd-u", "salun"] and "advunlearn" in labels
+    assert labels[:6] == ["esd-x", "esd-u", "salun", "conceptprune", "uce", "advunlearn"]
     assert labels[-2:] == ["trust:beta=1,xi=1.5", "trust:beta=1,xi=2"]
 
 
@@ -158,7 +158,7 @@ def cell(method, seed, forget, retain, ttt=None, asr=None, task="circle"):
     return {"task": task, "method": method, "seed": seed, "commit": "abc", "forget": forget, "forget_geometric": forget,
             "unrecognised": 0.0, "anchor_rate": 0.0, "retain_seen": retain, "retain_unseen": retain,
             "retain_unseen_before": 0.9, "lookalike_unseen": None, "lookalike_unseen_before": None, "train_seconds": 10.0 + seed,
-            "total_seconds": 20.0, "time_to_target_seconds": ttt, "forget_before": 0.9, "retain_seen_before": 0.9,
+            "total_seconds": 20.0, "time_to_target_seconds": ttt, "seconds_per_step": 2.0 if method == "trust-static" else 3.0, "forget_before": 0.9, "retain_seen_before": 0.9,
             "forget_geometric_before": 0.9, "curve": [{"step": 1, "train_seconds": 5.0, "forget": forget, "retain_unseen": retain}],
             **({"asr": asr, "attack_prompts": {a: 16 for a in asr}} if asr else {})}
 
@@ -166,7 +166,8 @@ def cell(method, seed, forget, retain, ttt=None, asr=None, task="circle"):
 def test_summary_means_intervals_median_time_and_pooled_asr():
     cells = [cell("original", 0, 0.9, 0.9, asr={"p4d": 1.0}),
              cell("trust", 0, 0.0, 0.89, ttt=5.0, asr={"p4d": 0.125, "mma": 0.0}), cell("trust", 1, 0.02, 0.88, ttt=7.0),
-             cell("trust", 2, 0.04, 0.90, ttt=None), cell("esd-x", 0, 0.5, 0.5, asr={"p4d": 0.5, "mma": 0.25})]
+             cell("trust", 2, 0.04, 0.90, ttt=None), cell("esd-x", 0, 0.5, 0.5, asr={"p4d": 0.5, "mma": 0.25}),
+             cell("salun", 0, 0.0, 0.9, ttt=28.0), cell("trust-static", 0, 0.0, 0.9, ttt=1.0)]
     s = summarise(cells, stale={("circle", "esd-x", 0)})
     t = s["tasks"]["circle"]["methods"]["trust"]
     assert t["forget"]["n"] == 3 and t["forget"]["mean"] == pytest.approx(0.02) and t["forget"]["low"] < 0.02 < t["forget"]["high"]
@@ -175,6 +176,9 @@ def test_summary_means_intervals_median_time_and_pooled_asr():
     assert t["meets_bar"] and not s["tasks"]["circle"]["methods"]["esd-x"]["meets_bar"]
     assert s["tasks"]["circle"]["methods"]["esd-x"]["stale"] == [0]
     assert s["tasks"]["circle"]["original"]["asr"]["p4d"]["rate"] == 1.0
+    # TRUST's median time to target over the fastest baseline that reaches it (its own variants are no rival)
+    assert s["tasks"]["circle"]["speed"] == {"fastest_baseline": "salun", "fastest_baseline_seconds": 28.0,
+                                             "time_to_target_ratio": 0.25, "step_ratio_dynamic_static": 1.5}
     table = headline(s)
     assert "p4d 50 [" in table and "(100)" in table and "7 (2/3)" in table
 

@@ -17,6 +17,9 @@ from trust_unlearn.cli import main
     (["unlearn", "--model", "/no/such/model", "--concept", "circle"], "does not exist"),
     (["unlearn", "--concept", "circle", "--method", "magic"], "unknown method"),
     (["unlearn", "--concept", "circle", "--method-arg", "oops"], "KEY=VALUE"),
+    (["unlearn", "--concept", "circle", "--eval-arg", "oops"], "--eval-arg 'oops': write KEY=VALUE"),
+    (["unlearn", "--concept", "circle", "--eval-arg", "retain_seedz=3"], "retain_seedz"),
+    (["unlearn", "--concept", "circle", "--robust", "--method", "esd-x"], "--robust selects --method trust-robust"),
     (["apply-delta", "--delta", "/no/delta.safetensors", "--out", "x"], "does not exist"),
 ])
 def test_bad_input_is_one_clear_message(argv, says, capsys, tmp_path, monkeypatch):

@@ -228,6 +228,8 @@ def _unlearn_args(p):
     p.add_argument("--config", default=None, help="a saved config.yaml (or run folder) to re-run; flags below override it")
     p.add_argument("--model", default=None, help="pipeline folder, cached hub id, or 'testbed' (default)")
     p.add_argument("--method", default=None, help="unlearning method (default trust)")
+    p.add_argument("--robust", action="store_true",
+                   help="robust TRUST (--method trust-robust): inner attacks' prompts join the mask and the forget term")
     p.add_argument("--concept", default=None, help="what to forget: a prompt, or a testbed concept ('red circle')")
     p.add_argument("--anchor", default=None, help="what the concept should become (testbed: automatic)")
     p.add_argument("--retain", action="append", default=None, help="a prompt to preserve (repeatable)")
@@ -252,6 +254,9 @@ def _unlearn_args(p):
     g.add_argument("--attention-slicing", action="store_const", const=True, default=None)
     p.add_argument("--method-arg", action="append", default=[], metavar="KEY=VALUE",
                    help="any option of the chosen method's config (repeatable), e.g. --method-arg negative_guidance=1.0")
+    p.add_argument("--eval-arg", action="append", default=[], metavar="KEY=VALUE",
+                   help="an option of the before/after evaluation (repeatable), e.g. --eval-arg seen=false "
+                        "--eval-arg target_seeds=4 (default: the protocol's full evaluation)")
     t = p.add_argument_group("TRUST options")
     t.add_argument("--xi", type=float, default=None, help="z-score threshold for concept neurons (2.0)")
     t.add_argument("--beta", type=float, default=None, help="regulariser weight")
@@ -272,7 +277,7 @@ _TRUST_FLAGS = ("xi", "beta", "alpha", "reg", "objective", "mask_every", "salien
                 "saliency_resolution")
 
 
-def parse_key_values(items: list[str]) -> dict:
+def parse_key_values(items: list[str], flag: str = "--method-arg") -> dict:
     """KEY=VALUE pairs; values are read as YAML scalars (numbers, booleans, strings)."""
     import yaml
 
@@ -280,7 +285,7 @@ def parse_key_values(items: list[str]) -> dict:
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
-            raise UserError(f"--method-arg {item!r}: write KEY=VALUE")
+            raise UserError(f"{flag} {item!r}: write KEY=VALUE")
         out[key.strip().replace("-", "_")] = yaml.safe_load(value)
     return out
 
@@ -294,6 +299,10 @@ def unlearn_config_from_args(args):
     for key in ("model", "method", "concept", "anchor", "spec_file", "scorer", "checkpoint_every"):
         if getattr(args, key) is not None:
             setattr(cfg, key, getattr(args, key))
+    if args.robust:
+        if args.method not in (None, "trust", "trust-robust"):
+            raise UserError(f"--robust selects --method trust-robust; it cannot be combined with --method {args.method}")
+        cfg.method = "trust-robust"
     if args.retain is not None:
         cfg.retain = args.retain
     if args.no_eval:
@@ -301,6 +310,7 @@ def unlearn_config_from_args(args):
     cfg.common = {**cfg.common, **{k: getattr(args, k) for k in _COMMON_FLAGS if getattr(args, k) is not None}}
     cfg.method_args = {**cfg.method_args, **{k: getattr(args, k) for k in _TRUST_FLAGS if getattr(args, k) is not None},
                        **parse_key_values(args.method_arg)}
+    cfg.eval = {**cfg.eval, **parse_key_values(args.eval_arg, "--eval-arg")}
     if args.out:
         cfg.out = args.out
     elif not args.config:

@@ -22,7 +22,7 @@ from trust_unlearn.utils import write_json
 
 README_START, README_END = "<!-- bench:start -->", "<!-- bench:end -->"
 FIGURES = ("forget", "forget_geometric", "unrecognised", "anchor_rate", "retain_unseen", "lookalike_unseen",
-           "retain_seen", "train_seconds", "total_seconds")
+           "retain_seen", "train_seconds", "total_seconds", "seconds_per_step")
 CSV_FIELDS = ("task", "method", "seed", "commit", "source_hash", "forget", "forget_before", "forget_geometric",
               "unrecognised", "anchor_rate", "retain_seen", "retain_seen_before", "retain_unseen", "retain_unseen_before",
               "lookalike_unseen", "lookalike_unseen_before", "train_seconds", "total_seconds", "steps", "stopped_at",
@@ -70,8 +70,22 @@ def summarise(cells: list[dict], stale: set[tuple] | None = None) -> dict:
             row["strongest_asr"] = max((v for v in row["asr"].values() if v), key=lambda v: v["rate"], default=None)
             row["meets_bar"] = bool(group) and _meets_bar(row)
             entry["methods"][label] = row
+        entry["speed"] = speed(entry["methods"])
         tasks[task] = entry
     return {"tasks": tasks, "attacks": attacks}
+
+
+def speed(methods: dict, trust: str = "trust", static: str = "trust-static") -> dict:
+    """TRUST's median time-to-target over the fastest baseline's (among baselines that reach it: not
+    TRUST's own variants), and TRUST's mean step over the static-mask variant's (the price of re-locating)."""
+    mine = methods.get(trust, {}).get("time_to_target", {}).get("median")
+    rivals = {m: r["time_to_target"]["median"] for m, r in methods.items()
+              if not m.startswith("trust") and r["time_to_target"]["median"] is not None}
+    best = min(rivals, key=rivals.get) if rivals else None
+    step = lambda m: (methods.get(m, {}).get("seconds_per_step") or {}).get("mean")  # noqa: E731
+    return {"fastest_baseline": best, "fastest_baseline_seconds": rivals.get(best),
+            "time_to_target_ratio": mine / rivals[best] if mine is not None and best else None,
+            "step_ratio_dynamic_static": step(trust) / step(static) if step(trust) and step(static) else None}
 
 
 def _median_with_misses(times: list) -> float | None:
@@ -133,6 +147,12 @@ def task_tables(task: str, entry: dict, attacks: list[str]) -> str:
                      _pct(r["unrecognised"]), _pct(r["retain_unseen"]), _pct(r["lookalike_unseen"]), _secs(r["train_seconds"]),
                      _ttt(r["time_to_target"]), "ok" if r["meets_bar"] else "miss"])
     out = [f"### {task}", "", _md(head, rows)]
+    sp = entry.get("speed") or {}
+    if sp.get("fastest_baseline") or sp.get("step_ratio_dynamic_static"):
+        ratio = sp.get("time_to_target_ratio")
+        out += ["", f"Speed: fastest baseline to target `{sp.get('fastest_baseline')}` "
+                    f"({_num(sp.get('fastest_baseline_seconds'))} s); TRUST / it = {_num(ratio, 2)} (bar: ≤ 0.33); "
+                    f"TRUST's step / static-mask step = {_num(sp.get('step_ratio_dynamic_static'), 2)} (bar: ≤ 1.5)."]
     if attacks:
         head = ["method"] + [f"{a} ASR %" for a in attacks]
         rows = [["original"] + [_asr((o.get("asr") or {}).get(a)) for a in attacks]]
@@ -140,6 +160,10 @@ def task_tables(task: str, entry: dict, attacks: list[str]) -> str:
                  if any(r["asr"].values())]
         out += ["", _md(head, rows)]
     return "\n".join(out)
+
+
+def _num(x, digits: int = 0) -> str:
+    return "-" if x is None else f"{x:.{digits}f}"
 
 
 def _md(head: list[str], rows: list[list[str]]) -> str:

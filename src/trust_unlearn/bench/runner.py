@@ -27,12 +27,16 @@ from trust_unlearn.bench.cells import ORIGINAL, CellStore, cell_key, check_job, 
 from trust_unlearn.errors import UserError
 from trust_unlearn.evaluation.protocol import DEV_TASKS, TEST_TASKS
 
-DEFAULT_METHODS = ("trust", "trust:reg=csr", "esd-x", "esd-u", "salun", "conceptprune", "uce", "advunlearn")
+# trust-robust: issue 15's robust mode; trust-static: the same TRUST with its mask frozen, for the cost of
+# re-locating the neurons (not attacked: it answers a cost question)
+DEFAULT_METHODS = ("trust", "trust:reg=csr", "trust-robust", "esd-x", "esd-u", "salun", "conceptprune", "uce", "advunlearn",
+                   "trust-static")
 ABLATION_METHODS = ("trust-static", "trust-noise-saliency", "trust-zero", "trust-noreg")
 DEFAULT_ATTACKS = ("unlearndiffatk", "p4d", "ringabell", "mma")
 TRAINING_FREE = ("conceptprune", "uce")
-METHOD_GROUPS = {"default": DEFAULT_METHODS, "baselines": DEFAULT_METHODS[2:], "ablations": ABLATION_METHODS,
-                 "all": DEFAULT_METHODS + ABLATION_METHODS}
+BASELINES = ("esd-x", "esd-u", "salun", "conceptprune", "uce", "advunlearn")
+METHOD_GROUPS = {"default": DEFAULT_METHODS, "baselines": BASELINES, "ablations": ABLATION_METHODS,
+                 "all": tuple(dict.fromkeys(DEFAULT_METHODS + ABLATION_METHODS))}
 # evaluations during training, for forget / retain over wall-clock and the time-to-target: the protocol's
 # target captions at 4 seeds each and its unseen retain scenes at 8 (the final evaluation is the full one)
 CHECKPOINT_EVAL = {"target_seeds": 4, "retain_seeds": 8, "seen": False}
@@ -222,7 +226,7 @@ def plan(cfg: BenchConfig) -> list[dict]:
                 steps = int(settings["common"].get("steps", 1))
                 job = {**base, "task": t, "label": label, "method": name, "seed": seed, "settings": settings,
                        "checkpoints": [] if name in TRAINING_FREE else [c for c in cfg.checkpoints if c < steps],
-                       "attacks": attacks if seed in cfg.attack_seeds else [],
+                       "attacks": attacks if seed in cfg.attack_seeds and name not in ABLATION_METHODS else [],
                        "out": str(Path(cfg.out) / slug(t) / slug(label) / f"seed{seed}")}
                 check_job(job)
                 jobs.append(job)

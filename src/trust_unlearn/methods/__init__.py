@@ -31,7 +31,7 @@ def get_method(name: str) -> type:
 
 
 def _import_builtin() -> None:
-    from trust_unlearn.methods import trust  # noqa: F401
+    from trust_unlearn.methods import trust, trust_robust  # noqa: F401
     from trust_unlearn.methods import ablations, conceptprune, esd, salun, uce  # noqa: F401
 
 
