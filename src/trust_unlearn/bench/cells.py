@@ -30,10 +30,10 @@ PACKAGE = Path(__file__).resolve().parent.parent
 ROOT = PACKAGE.parent.parent
 FORGET_TARGET, RETAIN_SLACK = 0.05, 0.03
 ORIGINAL = "original"
-# the engine and evaluation every trained cell depends on, whatever its method
-ENGINE_FILES = ("unlearn.py", "stopping.py", "concept_spec.py", "neurons.py", "methods/base.py", "methods/__init__.py",
-                "methods/tuned.yaml", "evaluation/evaluate.py", "evaluation/protocol.py", "evaluation/judges.py",
-                "evaluation/geometric.py")
+# the engine and evaluation every trained cell depends on, whatever its method (not the registry, nor
+# tuned.yaml: a cell's settings are recorded and compared on their own)
+ENGINE_FILES = ("unlearn.py", "stopping.py", "concept_spec.py", "neurons.py", "methods/base.py",
+                "evaluation/evaluate.py", "evaluation/protocol.py", "evaluation/judges.py", "evaluation/geometric.py")
 
 
 # ------------------------------------------------------------------ identity of a cell
