@@ -26,7 +26,7 @@ from safetensors.torch import load_file, save_file
 from trust_unlearn.concept_spec import ConceptSpec, resolve_spec
 from trust_unlearn.delta import changed_tensors, write_delta
 from trust_unlearn.errors import UserError
-from trust_unlearn.methods import get_method, tuned_common
+from trust_unlearn.methods import get_method, tuned_settings
 from trust_unlearn.methods.base import CommonConfig, RunContext
 from trust_unlearn.neurons import jaccard, mask_size, per_layer_sizes
 from trust_unlearn.pipeline import LoadedModel, generate, load_model, save_pipeline
@@ -137,8 +137,9 @@ def run_unlearn(cfg: UnlearnConfig, resume: bool = False, overwrite: bool = Fals
         raise UserError("empty concept: pass --concept TEXT (e.g. circle, 'red circle') or --spec FILE.yaml")
     model = load_model(cfg.model)
     # the method's tuned (testbed) or published (SD) settings, under what the run says explicitly
-    common = _typed(CommonConfig, {**tuned_common(cfg.method, asdict(method_cfg), model.is_testbed), **cfg.common},
-                    "common").validate()
+    tuned = tuned_settings(cfg.method, asdict(method_cfg), model.is_testbed)
+    method_cfg = _typed(method_cls.config_cls, {**tuned["method_args"], **cfg.method_args}, cfg.method)
+    common = _typed(CommonConfig, {**tuned["common"], **cfg.common}, "common").validate()
     accelerator = _accelerator()
     is_main = accelerator.is_main_process
     model.pipe.to(accelerator.device)

@@ -161,7 +161,7 @@ def _split_common(args: dict) -> tuple[dict, dict]:
 def resolve_settings(label: str, testbed: bool, common: dict | None = None, overrides: dict | None = None) -> tuple[str, dict]:
     """(method name, {"common", "method_args"}) of a label: its tuned settings, then the bench's common options,
     then the label's own options, then per-label overrides."""
-    from trust_unlearn.methods import get_method, tuned_common
+    from trust_unlearn.methods import get_method, tuned_settings
 
     name, args = parse_method_label(label)
     label_common, method_args = _split_common(args)
@@ -169,7 +169,9 @@ def resolve_settings(label: str, testbed: bool, common: dict | None = None, over
     method_args = {**method_args, **extra.get("method_args", {})}
     cls = get_method(name)
     resolved_args = asdict(cls.config_cls(**method_args)) if _accepts(cls.config_cls, method_args) else method_args
-    merged = {**tuned_common(name, resolved_args, testbed), **(common or {}), **label_common, **extra.get("common", {})}
+    tuned = tuned_settings(name, resolved_args, testbed)
+    method_args = {**tuned["method_args"], **method_args}
+    merged = {**tuned["common"], **(common or {}), **label_common, **extra.get("common", {})}
     if name in TRAINING_FREE:
         merged["steps"] = 1  # the edit happens in step 0
     return name, {"common": merged, "method_args": method_args}

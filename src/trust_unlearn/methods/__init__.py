@@ -32,7 +32,7 @@ def get_method(name: str) -> type:
 
 def _import_builtin() -> None:
     from trust_unlearn.methods import trust, trust_robust  # noqa: F401
-    from trust_unlearn.methods import ablations, conceptprune, esd, salun, uce  # noqa: F401
+    from trust_unlearn.methods import ablations, advunlearn, conceptprune, esd, salun, uce  # noqa: F401
 
 
 @lru_cache(maxsize=1)
@@ -56,6 +56,8 @@ def tuned_entry(method: str, method_args: dict, testbed: bool) -> tuple[str | No
     return best, (table[best] if best else {})
 
 
-def tuned_common(method: str, method_args: dict, testbed: bool) -> dict:
-    """The common training options (lr, steps, batch, ...) a run of `method` starts from."""
-    return dict(tuned_entry(method, method_args, testbed)[1].get("common", {}))
+def tuned_settings(method: str, method_args: dict, testbed: bool) -> dict:
+    """{"common", "method_args"}: the training options (lr, steps, batch, ...) and method options a run of
+    `method` starts from (the run's own options override both)."""
+    entry = tuned_entry(method, method_args, testbed)[1]
+    return {"common": dict(entry.get("common", {})), "method_args": dict(entry.get("method_args", {}))}

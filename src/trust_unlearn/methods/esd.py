@@ -106,11 +106,13 @@ class _Esd:
             latents = sched.step(eps_u + cfg.start_guidance * (eps_c - eps_u), t, latents).prev_sample
         return latents, sched.timesteps[stop].expand(n).to(ctx.device)
 
-    def xt(self) -> tuple[torch.Tensor, torch.Tensor]:
+    def xt(self, batch: int | None = None, source: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """A batch of x_t (default: the run's batch, from the method's `xt` source)."""
         ctx = self.ctx
-        if self.cfg.xt == "sample":
-            return self.sample_xt(ctx.common.batch)
-        _, z_t, t = ctx.noised(ctx.target_latents, ctx.common.batch)
+        batch = batch or ctx.common.batch
+        if (source or self.cfg.xt) == "sample":
+            return self.sample_xt(batch)
+        _, z_t, t = ctx.noised(ctx.target_latents, batch)
         return z_t, t
 
     def loss(self, z_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
