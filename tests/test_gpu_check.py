@@ -27,6 +27,10 @@ def test_dry_run_script_times_every_method_through_the_engine(tmp_path):
     for r in rows.values():
         assert "error" not in r and r["loss_finite"] and r["steps"] == 2 and r["s_per_step"] > 0
     assert rows["trust-cip"]["mask_neurons"] > 0 and rows["trust-csr"]["mask_neurons"] > 0
+    # the per-step profile: TRUST's saliency phases, and the phases never sum to more than the step
+    assert {"saliency_trajectory", "saliency_backward", "loss_forward"} <= set(rows["trust-cip"]["phase_s"])
+    assert sum(rows["trust-cip"]["phase_s"].values()) <= rows["trust-cip"]["s_per_step"] * 1.01
+    assert "per-step profile" in proc.stdout
     # SalUn trains the whole UNet; TRUST only attn2 q/k/v rows; ESD-x all of attn2
     assert rows["salun"]["trainable_params"] == result["params"]["unet"]
     assert rows["trust-cip"]["trainable_params"] < rows["esd-x"]["trainable_params"] < rows["salun"]["trainable_params"]

@@ -185,7 +185,8 @@ def time_method(label: str, model, spec, scorer, shapes: Shapes, *, steps: int, 
     ctx.cache_original_images()  # as the engine does: outside autocast
     _sync(device)
     row["setup_s"] = time.perf_counter() - t0
-    times, logs = [], []
+    times, logs, phases = [], [], []
+    ctx.timer.lap()  # the caching above is not a step
     try:
         for k in range(steps):
             _sync(device)
@@ -194,6 +195,7 @@ def time_method(label: str, model, spec, scorer, shapes: Shapes, *, steps: int, 
                 logs.append(method.step(k))
             _sync(device)
             times.append(time.perf_counter() - t)
+            phases.append(ctx.timer.lap())
     finally:
         with torch.no_grad():  # the next method starts from the same random weights
             for n, p in trainable.items():
@@ -201,6 +203,9 @@ def time_method(label: str, model, spec, scorer, shapes: Shapes, *, steps: int, 
                 p.grad = None
         model.pipe.unet.requires_grad_(False)
     row["step0_s"] = times[0]
+    # the per-step profile (docs/performance.md), over the steps after the first (which builds the mask)
+    later = phases[1:] or phases
+    row["phase_s"] = {p: sum(x.get(p, 0.0) for x in later) / len(later) for p in dict.fromkeys(q for x in later for q in x)}
     row["s_per_step"] = sum(times[1:]) / len(times[1:]) if len(times) > 1 else times[0]
     row["loss_finite"] = all(math.isfinite(x.get("loss", 0.0)) for x in logs)
     row["trainable_params"] = sum(p.numel() for p in trainable.values())
@@ -293,6 +298,10 @@ def format_table(result: dict) -> str:
         lines.append(f"{r['method']:<10} {r['batch']:>5} {r['steps']:>5} {r['setup_s']:>8.2f} {r['step0_s']:>8.3f} "
                      f"{r['s_per_step']:>8.3f} {peak:>9} {r['trainable_params'] / 1e6:>10.2f}M "
                      f"{r.get('mask_neurons', '-')!s:>6}  {note}")
+    profiled = [r for r in result["rows"] if r.get("phase_s")]
+    if profiled:
+        lines += ["", "per-step profile, s (docs/performance.md):"]
+        lines += [f"  {r['method']:<10} " + ", ".join(f"{k} {v:.3f}" for k, v in r["phase_s"].items()) for r in profiled]
     lines.append("")
     lines.append(f"total {result['total_s']:.1f}s. step0 includes mask building (SalUn's static mask; TRUST re-estimates "
                  "its mask every step); s/step is the mean of the later steps; peak = torch.cuda.max_memory_allocated "
