@@ -217,3 +217,9 @@ def test_tuning_rule_lowest_forget_within_the_retain_slack_ties_to_shorter():
     worse = [p for p in points if p["retain_drop"] > 0.03]
     assert (select(worse)["lr"], select(worse)["steps"]) == (3e-5, 100)
     assert select([]) is None
+
+
+def test_quick_profile_is_one_task_one_seed_few_steps():
+    cfg = BenchConfig().apply_quick()
+    assert (cfg.tasks, cfg.seeds, cfg.common["steps"], cfg.attack_prompts) == (["circle"], 1, 12, 2)
+    assert len([j for j in plan(cfg) if j["label"] != "original"]) == len(runner.DEFAULT_METHODS)

@@ -14,7 +14,6 @@ config.yaml re-runs that run alone).
 from __future__ import annotations
 
 import itertools
-import os
 import re
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -61,7 +60,7 @@ class BenchConfig:
     results: str | None = None  # the cells file (default results/bench/bench.json; quick: OUT/bench.json)
     out: str = "runs/bench"
     workers: int = 2  # cells side by side, each in its own process
-    threads: int | None = None  # CPU threads per cell (default: the cores this process may use / workers)
+    threads: int | None = None  # CPU threads per cell (default: this process's threads / workers)
     checkpoints: list = field(default_factory=lambda: [25, 50, 100, 200])
     eval: dict = field(default_factory=dict)  # EvalConfig options of the final evaluation (the protocol's)
     checkpoint_eval: dict = field(default_factory=lambda: dict(CHECKPOINT_EVAL))
@@ -85,8 +84,8 @@ class BenchConfig:
     def apply_quick(self) -> "BenchConfig":
         """The small profile: one task, one seed, 12 steps, a small evaluation, the attacks' quick mode."""
         self.quick = True
-        for key in ("seeds", "checkpoints", "attack_prompts"):
-            setattr(self, key, QUICK[key])
+        for key in ("tasks", "seeds", "checkpoints", "attack_prompts"):
+            setattr(self, key, list(QUICK[key]) if isinstance(QUICK[key], list) else QUICK[key])
         self.common = {**QUICK["common"], **self.common}
         self.eval = {**QUICK["eval"], **self.eval}
         self.checkpoint_eval = dict(QUICK["checkpoint_eval"])
@@ -100,7 +99,11 @@ class BenchConfig:
 
     @property
     def threads_per_cell(self) -> int:
-        return self.threads or max(1, len(os.sched_getaffinity(0)) // max(1, self.workers))
+        """The CPU threads this process may use (`trust --threads`, OMP_NUM_THREADS, else its cores), split
+        between the workers."""
+        import torch
+
+        return self.threads or max(1, torch.get_num_threads() // max(1, self.workers))
 
 
 # ------------------------------------------------------------------ labels
