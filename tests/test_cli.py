@@ -21,6 +21,7 @@ from trust_unlearn.cli import main
     (["unlearn", "--concept", "circle", "--eval-arg", "retain_seedz=3"], "retain_seedz"),
     (["unlearn", "--concept", "circle", "--robust", "--method", "esd-x"], "--robust selects --method trust-robust"),
     (["apply-delta", "--delta", "/no/delta.safetensors", "--out", "x"], "does not exist"),
+    (["where", "--concept", "circle", "--attack-dir", "no-such-attack"], "no attack-NAME.csv in no-such-attack"),
 ])
 def test_bad_input_is_one_clear_message(argv, says, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)

@@ -372,7 +372,8 @@ def cmd_apply_delta(args):
 ARGUMENTS = {"generate": _generate_args, "evaluate": _evaluate_args, "testbed": _testbed_args,
              "unlearn": _unlearn_args, "apply-delta": _apply_delta_args}
 # Commands that live in their own module: it defines HELP, add_arguments(parser) and run(args).
-MODULE_COMMANDS = {"attack": "trust_unlearn.attacks.cli", "bench": "trust_unlearn.bench.cli"}
+MODULE_COMMANDS = {"attack": "trust_unlearn.attacks.cli", "where": "trust_unlearn.attacks.where",
+                   "bench": "trust_unlearn.bench.cli"}
 
 
 def build_parser() -> argparse.ArgumentParser:

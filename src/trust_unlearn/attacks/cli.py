@@ -19,7 +19,7 @@ def add_arguments(p) -> None:
                    help="unlearndiffatk | p4d | ringabell | mma | paraphrase | all (repeatable or comma-separated; default all)")
     p.add_argument("--budget", type=int, default=None,
                    help="attack budget in the attack's unit (steps / GCG steps / generations / candidates); default per attack")
-    p.add_argument("--prompts", type=int, default=None, help="number of target prompts (default 10; --quick 2)")
+    p.add_argument("--prompts", type=int, default=None, help="number of target prompts (default 16; --quick 2)")
     p.add_argument("--prompts-file", default=None, help="paraphrase attack: candidate prompts, one per line (real models)")
     p.add_argument("--seeds-per-prompt", type=int, default=4, help="images per candidate prompt for the ASR (4)")
     p.add_argument("--success-share", type=float, default=0.25,

@@ -1,0 +1,44 @@
+"""`trust where`: the attack prompts' concept-neuron mask against the plain prompts' and its noise floor."""
+import csv
+
+import pytest
+
+from trust_unlearn.attacks.where import attack_prompts, format_table, locate
+from trust_unlearn.errors import UserError
+
+
+def write_csv(folder, name, rows):
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / f"attack-{name}.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["target_prompt", "attack_prompt", "concept_share", "success", "pre_attack_share", "candidates_tried"])
+        w.writerows(rows)
+
+
+def test_reads_only_successful_attack_prompts(tmp_path):
+    write_csv(tmp_path, "p4d", [["a red circle", "red round thing", "0.5", "1", "0", "1"],
+                                ["a blue circle", "zz", "0.0", "0", "0", "1"]])
+    write_csv(tmp_path, "mma", [["a red circle", "qq", "0.0", "0", "0", "1"]])
+    assert attack_prompts(tmp_path) == {"p4d": [("a red circle", "red round thing")]}
+    with pytest.raises(UserError, match="no successful attack prompt"):
+        attack_prompts(tmp_path, ["mma"])
+    with pytest.raises(UserError, match="no attack-NAME.csv"):
+        attack_prompts(tmp_path / "empty")
+
+
+def test_attack_mask_against_plain_mask_and_floor(tiny_model_dir, tiny_clip_dir):
+    from trust_unlearn.evaluation.scorers import CLIPScorer
+    from trust_unlearn.pipeline import load_model
+
+    model, scorer = load_model(str(tiny_model_dir)), CLIPScorer(str(tiny_clip_dir))
+    args = {"saliency_batch": 1, "saliency_steps": 2, "backprop_depth": 1, "xi": 1.0}
+    found = {"same": [("a red circle", "a red circle")], "other": [("a red circle", "a photo of a mountain lake")]}
+    result = locate(model, scorer, "circle", found, estimates=2, seed=0, trust_args=args)
+    same, other = result["attacks"]["same"], result["attacks"]["other"]
+    # the "attack" that is the target prompt itself, at the plain mask's seed: the same mask, nothing attack-only
+    assert same["jaccard_attack_plain"] == 1.0 and same["attack_only_neurons"] == 0
+    assert 0.0 <= same["jaccard_floor"] < 1.0  # two disjoint draws of the same prompts differ
+    assert other["jaccard_attack_plain"] < 1.0 and other["attack_neurons"] > 0
+    assert sum(b["attack"] for b in other["blocks"].values()) == other["attack_neurons"]
+    assert "J(att,plain)" in format_table(result) and "up_blocks" in format_table(result)
+    assert not any(p.requires_grad for p in model.pipe.unet.parameters())  # the model is left as it was
