@@ -44,7 +44,7 @@ def summarise(cells: list[dict], stale: set[tuple] | None = None) -> dict:
     """{"tasks": {task: {"original": {...}, "methods": {label: row}}}, "attacks": [...]}."""
     stale = stale or set()
     good = [c for c in cells if "error" not in c]
-    attacks = sorted({a for c in good for a in (c.get("asr") or {})})
+    attacks = _attacks(good)
     tasks: dict = {}
     for task in dict.fromkeys(c["task"] for c in cells):
         original = next((c for c in good if c["task"] == task and c["method"] == ORIGINAL), None)
@@ -202,7 +202,11 @@ def write_csv(cells: list[dict], path: Path) -> None:
 
 
 def _attacks(cells) -> list[str]:
-    return sorted({a for c in cells for a in (c.get("asr") or {})})
+    """The attacks found in the cells, in the attacks' own order (white-box first)."""
+    from trust_unlearn.attacks import ORDER
+
+    found = {a for c in cells for a in (c.get("asr") or {})}
+    return [a for a in ORDER if a in found] + sorted(found - set(ORDER))
 
 
 def update_readme(readme: Path, summary: dict, results: Path) -> None:
