@@ -36,6 +36,13 @@ def test_every_method_starts_from_its_own_tuned_settings_not_trusts():
 
     assert tuned_entry("trust", {"reg": "csr"}, True)[0] == "trust:reg=csr"
     assert tuned_entry("trust-static", {"reg": "cip"}, True)[0] == "trust"
+    # method options: TRUST's testbed mask_every reaches trust-robust, not trust-static (which defines its own)
+    from trust_unlearn.methods import tuned_settings
+
+    assert tuned_settings("trust", {}, True)["method_args"]["mask_every"] == 2
+    assert tuned_settings("trust-robust", {}, True)["method_args"]["mask_every"] == 2
+    assert "mask_every" not in tuned_settings("trust-static", {}, True)["method_args"]
+    assert resolve_settings("trust-static", testbed=True)[1]["method_args"] == {}
 
 
 @pytest.mark.parametrize("cfg,says", [

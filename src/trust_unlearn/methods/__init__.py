@@ -58,6 +58,16 @@ def tuned_entry(method: str, method_args: dict, testbed: bool) -> tuple[str | No
 
 def tuned_settings(method: str, method_args: dict, testbed: bool) -> dict:
     """{"common", "method_args"}: the training options (lr, steps, batch, ...) and method options a run of
-    `method` starts from (the run's own options override both)."""
-    entry = tuned_entry(method, method_args, testbed)[1]
-    return {"common": dict(entry.get("common", {})), "method_args": dict(entry.get("method_args", {}))}
+    `method` starts from (the run's own options override both). A variant falling back to another method's
+    entry (trust-robust, trust-static -> trust) takes its method options except those the variant defines
+    itself (trust-static's mask_every 0 stays 0)."""
+    from dataclasses import fields
+
+    key, entry = tuned_entry(method, method_args, testbed)
+    args = dict(entry.get("method_args", {}))
+    base = key.partition(":")[0] if key else method
+    if base != method:
+        own = {f.name: f.default for f in fields(get_method(method).config_cls)}
+        inherited = {f.name: f.default for f in fields(get_method(base).config_cls)}
+        args = {k: v for k, v in args.items() if k in own and own[k] == inherited.get(k)}
+    return {"common": dict(entry.get("common", {})), "method_args": args}
