@@ -106,25 +106,37 @@ class Trust:
         """g = dA/d theta_CA, A = alignment of images generated for target prompts with those prompts."""
         ctx, cfg = self.ctx, self.cfg
         picks = torch.randint(0, len(ctx.spec.targets), (cfg.saliency_batch,), generator=ctx.rng).tolist()
-        size = (cfg.saliency_resolution or ctx.model.resolution) // ctx.pipe.vae_scale_factor
-        noise = torch.randn((len(picks), ctx.unet.config.in_channels, size, size), generator=ctx.rng)
+        noise = self.saliency_noise(len(picks))
         prompts = [ctx.spec.targets[i] for i in ctx.shard(picks)]
         cond = torch.cat([ctx.uncond.expand(len(prompts), -1, -1), ctx.text(prompts)])
-        sched = ctx.ddim(cfg.saliency_steps)
-        latents = ctx.shard(noise).to(ctx.device) * sched.init_noise_sigma
-        n = len(sched.timesteps)
         with ctx.timer("saliency_trajectory"):
-            for i, t in enumerate(sched.timesteps):
-                with torch.set_grad_enabled(i >= n - cfg.backprop_depth):
-                    inp = sched.scale_model_input(torch.cat([latents, latents]), t)
-                    eps_u, eps_c = ctx.eps(inp, t, cond).chunk(2)
-                    latents = sched.step(eps_u + ctx.guidance * (eps_c - eps_u), t, latents).prev_sample
+            latents = self.saliency_trajectory(cond, noise)
         with ctx.timer("saliency_decode_score"):
             alignment = self._score(ctx.decode(latents), prompts)
         with ctx.timer("saliency_backward"):
             grads = gradients(alignment, self.params)
             self.ctx.average(list(grads.values()))  # every rank selects the same neurons
         return grads
+
+    def saliency_noise(self, n: int) -> torch.Tensor:
+        """Starting noise of n saliency trajectories (the global batch, from the run's RNG)."""
+        ctx = self.ctx
+        size = (self.cfg.saliency_resolution or ctx.model.resolution) // ctx.pipe.vae_scale_factor
+        return torch.randn((n, ctx.unet.config.in_channels, size, size), generator=ctx.rng)
+
+    def saliency_trajectory(self, cond: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """The last latents of the short guided DDIM trajectory from this rank's shard of `noise` (cond: uncond
+        then cond states), differentiable through its last `backprop_depth` steps only."""
+        ctx, cfg = self.ctx, self.cfg
+        sched = ctx.ddim(cfg.saliency_steps)
+        latents = ctx.shard(noise).to(ctx.device) * sched.init_noise_sigma
+        n = len(sched.timesteps)
+        for i, t in enumerate(sched.timesteps):
+            with torch.set_grad_enabled(i >= n - cfg.backprop_depth):
+                inp = sched.scale_model_input(torch.cat([latents, latents]), t)
+                eps_u, eps_c = ctx.eps(inp, t, cond).chunk(2)
+                latents = sched.step(eps_u + ctx.guidance * (eps_c - eps_u), t, latents).prev_sample
+        return latents
 
     def _score(self, images, prompts):
         return self.ctx.scorer.score(images, prompts).mean()

@@ -145,20 +145,12 @@ class TrustRobust(Trust):
         ctx, cfg = self.ctx, self.cfg
         states, rows = self.banked()
         picks = torch.randint(0, len(rows), (cfg.saliency_batch,), generator=ctx.rng)
-        size = (cfg.saliency_resolution or ctx.model.resolution) // ctx.pipe.vae_scale_factor
-        noise = torch.randn((len(picks), ctx.unet.config.in_channels, size, size), generator=ctx.rng)
+        noise = self.saliency_noise(len(picks))
         picks = ctx.shard(picks)
         prompts = [ctx.spec.targets[i] for i in ctx.target_idx[rows[picks]].tolist()]
         cond = torch.cat([ctx.uncond.expand(len(picks), -1, -1), states[picks]])
-        sched = ctx.ddim(cfg.saliency_steps)
-        latents = ctx.shard(noise).to(ctx.device) * sched.init_noise_sigma
-        n = len(sched.timesteps)
         with ctx.timer("saliency_adversarial"):
-            for i, t in enumerate(sched.timesteps):
-                with torch.set_grad_enabled(i >= n - cfg.backprop_depth):
-                    inp = sched.scale_model_input(torch.cat([latents, latents]), t)
-                    eps_u, eps_c = ctx.eps(inp, t, cond).chunk(2)
-                    latents = sched.step(eps_u + ctx.guidance * (eps_c - eps_u), t, latents).prev_sample
+            latents = self.saliency_trajectory(cond, noise)
             grads = gradients(self._score(ctx.decode(latents), prompts), self.params)
             ctx.average(list(grads.values()))
         return grads
