@@ -25,6 +25,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from trust_unlearn.bench.cells import git_commit
 from trust_unlearn.evaluation.protocol import DEV_TASKS, TEST_TASKS
 from trust_unlearn.evaluation.stats import mean_ci
 from trust_unlearn.utils import write_json
@@ -41,13 +42,6 @@ FIGURES = (("forget", "forget %"), ("forget_geometric", "forget, geometric judge
 def method_label(reg: str) -> str:
     """The bench label of TRUST with this regulariser (CIP is TRUST's default)."""
     return "trust" if reg == "cip" else f"trust:reg={reg}"
-
-
-def git_commit() -> str:
-    out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
-    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "src"], cwd=ROOT,
-                           capture_output=True, text=True).stdout.strip()
-    return out + ("-dirty" if dirty else "")
 
 
 def source_hash() -> str:

@@ -246,6 +246,19 @@ def is_stale(cell: dict, job: dict) -> bool:
 
 
 # ------------------------------------------------------------------ running
+def run_cells(jobs: list[dict], store: CellStore, workers: int, threads: int, report) -> None:
+    """Each job in its own process (`workers` side by side, `threads` each), merged into `store` as it
+    finishes; `report(job, cell, seconds)` after each."""
+    def one(job):
+        t0 = time.perf_counter()
+        cell = run_isolated(job, threads)
+        store.put(cell)
+        report(job, cell, time.perf_counter() - t0)
+
+    with ThreadPoolExecutor(workers) as pool:
+        list(pool.map(one, jobs))
+
+
 def run_bench(cfg: BenchConfig, log=print) -> dict:
     """Run every missing cell (workers at a time), merging each into the results file; then the outputs."""
     jobs = plan(cfg)
@@ -262,19 +275,14 @@ def run_bench(cfg: BenchConfig, log=print) -> dict:
         f"results in {store.path}")
     started = time.time()
 
-    def one(job):
-        t0 = time.perf_counter()
-        cell = run_isolated(job, threads)
-        store.put(cell)
+    def report(job, cell, seconds):
         what = cell.get("error") or (f"forget {cell['forget']:.1%}, unseen retain {cell['retain_unseen']:.1%}"
                                      if cell.get("forget") is not None else "done")
-        log(f"[bench] {job['task']} / {job['label']} / seed {job['seed']}: {what} ({time.perf_counter() - t0:.0f} s)")
-        return cell
+        log(f"[bench] {job['task']} / {job['label']} / seed {job['seed']}: {what} ({seconds:.0f} s)")
 
-    originals = [j for j in todo if j["label"] == ORIGINAL]
-    with ThreadPoolExecutor(cfg.workers) as pool:
-        list(pool.map(one, originals))  # every attack figure needs its original's
-        list(pool.map(one, [j for j in todo if j["label"] != ORIGINAL]))
+    # every attack figure needs its original's: the originals first
+    run_cells([j for j in todo if j["label"] == ORIGINAL], store, cfg.workers, threads, report)
+    run_cells([j for j in todo if j["label"] != ORIGINAL], store, cfg.workers, threads, report)
     from trust_unlearn.bench.report import write_outputs
 
     by_key = {(j["task"], j["label"], j["seed"]): j for j in jobs}

@@ -21,8 +21,8 @@ from pathlib import Path
 
 import yaml
 
-from trust_unlearn.bench.cells import RETAIN_SLACK, CellStore, run_isolated
-from trust_unlearn.bench.runner import CHECKPOINT_EVAL, BenchConfig, plan
+from trust_unlearn.bench.cells import RETAIN_SLACK, CellStore
+from trust_unlearn.bench.runner import CHECKPOINT_EVAL, BenchConfig, plan, run_cells
 from trust_unlearn.errors import UserError
 from trust_unlearn.evaluation.protocol import DEV_TASKS
 from trust_unlearn.methods import TUNED_PATH
@@ -109,17 +109,12 @@ def run_tuning(methods: list[str] | None = None, out: str = "runs/tuning", worke
 
 
 def _run(jobs: list[dict], store: CellStore, cfg: BenchConfig, log) -> None:
-    from concurrent.futures import ThreadPoolExecutor
-
-    def one(job):
-        cell = run_isolated(job, cfg.threads_per_cell)
-        store.put(cell)
+    def report(job, cell, seconds):
         log(f"[tune] {job['task']} / {job['label']}: " + (cell.get("error") or " ".join(
             f"@{p['step']} forget {p['forget']:.0%} drop {p['retain_unseen_before'] - p['retain_unseen']:+.1%}"
             for p in cell["curve"])))
 
-    with ThreadPoolExecutor(cfg.workers) as pool:
-        list(pool.map(one, jobs))
+    run_cells(jobs, store, cfg.workers, cfg.threads_per_cell, report)
 
 
 def write_choice(cells: list[dict], methods: list[str], lrs: dict, log=print) -> dict:
