@@ -378,9 +378,22 @@ def test_trust_zero_zeroes_the_concept_neurons(tiny_model_dir, tiny_clip_dir):
 
 
 # ------------------------------------------------------------------ bad input
+def test_method_options_are_read_as_their_declared_types():
+    """YAML reads --method-arg alpha=1e6 as the string '1e6' and steps=3 as an int: both are numbers."""
+    from trust_unlearn.methods.salun import SalunConfig
+    from trust_unlearn.unlearn import _typed
+
+    cfg = _typed(SalunConfig, {"alpha": "1e6", "threshold": 1, "mask_batches": 2.0, "mask_guidance": None}, "salun")
+    assert (cfg.alpha, cfg.threshold, cfg.mask_batches, cfg.mask_guidance) == (1e6, 1.0, 2, None)
+    assert isinstance(cfg.threshold, float) and isinstance(cfg.mask_batches, int)
+
+
 @pytest.mark.parametrize("method,args,says", [
     ("esd-x", {"xt": "dream"}, "unknown xt source"),  # the rest: test_reference_options_are_checked
     ("uce", {"no_such_option": 1}, "unknown uce option"),
+    ("salun", {"alpha": "lots"}, r"salun option alpha='lots' must be a number: write e.g. alpha=0.5"),
+    ("salun", {"mask_batches": 2.5}, "salun option mask_batches=2.5 must be a whole number"),
+    ("esd-x", {"erase_concept": 3}, "esd-x option erase_concept=3 must be text"),
 ])
 def test_bad_method_options_give_one_clear_error(tiny_run_config, method, args, says):
     cfg = tiny_run_config(method=method)

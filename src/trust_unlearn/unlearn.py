@@ -16,6 +16,8 @@ import json
 import os
 import shutil
 import time
+import types
+import typing
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -71,11 +73,38 @@ class UnlearnConfig:
 
 
 def _typed(cls, values: dict, what: str):
+    """cls(**values), each value checked against (and converted to) its field's declared type."""
+    hints = typing.get_type_hints(cls)
     known = {f.name for f in fields(cls)}
     unknown = set(values) - known
     if unknown:
         raise UserError(f"unknown {what} option(s) {sorted(unknown)}; valid: {', '.join(sorted(known))}")
-    return cls(**values)
+    return cls(**{k: _as_declared(v, hints[k], f"{what} option {k}") for k, v in values.items()})
+
+
+def _as_declared(value, hint, name: str):
+    """`value` as the scalar type `hint` declares (float, int, bool, str, or one of them | None); other
+    hints pass through. YAML reads 1e6 as a string and 3 as an int: both are fine for a float option."""
+    allowed = [a for a in typing.get_args(hint) if a is not type(None)] if typing.get_origin(hint) in (
+        typing.Union, types.UnionType) else [hint]
+    if value is None and len(allowed) < len(typing.get_args(hint)):
+        return None
+    if not all(a in (float, int, bool, str) for a in allowed):
+        return value
+    for a in allowed:
+        if isinstance(value, a) and not (a is int and isinstance(value, bool)):
+            return value
+    for a in allowed:
+        if a is float and not isinstance(value, bool):
+            try:
+                return float(value)
+            except (TypeError, ValueError):
+                pass
+        if a is int and isinstance(value, float) and value.is_integer():
+            return int(value)
+    kinds = {float: ("a number", "0.5"), int: ("a whole number", "2"), bool: ("true or false", "true"), str: ("text", "text")}
+    expected = " or ".join(kinds[a][0] for a in allowed)
+    raise UserError(f"{name}={value!r} must be {expected}: write e.g. {name.split()[-1]}={kinds[allowed[0]][1]}")
 
 
 def _eval_config(values: dict):
