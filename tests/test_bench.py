@@ -18,7 +18,7 @@ def test_method_labels_groups_and_sweep():
     assert parse_method_label("esd-x:lr=1e-05") == ("esd-x", {"lr": 1e-5})  # YAML 1.1 would read a string
     assert parse_sweep(["xi=1.5,2", "beta=0.1,1"]) == {"xi": [1.5, 2], "beta": [0.1, 1]}
     labels = expand_methods(["baselines", "trust"], {"xi": [1.5, 2], "beta": [1]})
-    assert labels[:6] == ["esd-x", "esd-u", "salun", "conceptprune", "uce", "advunlearn"]
+    assert labels[:6] == ["esd-x", "esd-u", "salun:alpha=2", "conceptprune", "uce", "advunlearn"]
     assert labels[-2:] == ["trust:beta=1,xi=1.5", "trust:beta=1,xi=2"]
 
 

@@ -22,13 +22,13 @@ from pathlib import Path
 import yaml
 
 from trust_unlearn.bench.cells import RETAIN_SLACK, CellStore
-from trust_unlearn.bench.runner import CHECKPOINT_EVAL, BenchConfig, plan, run_cells
+from trust_unlearn.bench.runner import CHECKPOINT_EVAL, SALUN, BenchConfig, plan, run_cells
 from trust_unlearn.errors import UserError
 from trust_unlearn.evaluation.protocol import DEV_TASKS
 from trust_unlearn.methods import TUNED_PATH
 from trust_unlearn.utils import write_json
 
-TUNED_METHODS = ("trust", "esd-x", "salun", "esd-u", "trust:reg=csr", "advunlearn")  # the order the grid runs in
+TUNED_METHODS = ("trust", "esd-x", SALUN, "esd-u", "trust:reg=csr", "advunlearn")  # the order the grid runs in
 REFERENCE_LR = {"trust": 2e-3, "esd-x": 1e-5, "esd-u": 1e-5, "salun": 1e-5, "advunlearn": 1e-5}
 LR_FACTORS = (1 / 3, 1.0, 3.0)
 STEPS = (100, 200, 400)
@@ -137,7 +137,7 @@ def write_choice(cells: list[dict], methods: list[str], lrs: dict, log=print) ->
             f"retain drop {best['retain_drop']:+.1%})")
     _write_tuned(tuned)
     data = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
-    write_json(RESULTS, {**data, "choices": choices})
+    write_json(RESULTS, {**data, "choices": {**data.get("choices", {}), **choices}})  # other methods' choices stay
     return choices
 
 
