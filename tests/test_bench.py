@@ -36,6 +36,14 @@ def test_every_method_starts_from_its_own_tuned_settings_not_trusts():
 
     assert tuned_entry("trust", {"reg": "csr"}, True)[0] == "trust:reg=csr"
     assert tuned_entry("trust-static", {"reg": "cip"}, True)[0] == "trust"
+    # a float option matches a key that writes it as an integer (method options are typed floats)
+    from trust_unlearn.methods import _tuned
+    _tuned()["testbed"]["salun:alpha=2"] = {"common": {"lr": 1e-5}}
+    try:
+        assert tuned_entry("salun", {"alpha": 2.0}, True)[0] == "salun:alpha=2"
+        assert tuned_entry("salun", {"alpha": 0.1}, True)[0] == "salun"
+    finally:
+        del _tuned()["testbed"]["salun:alpha=2"]
     # method options: TRUST's testbed mask_every reaches trust-robust, not trust-static (which defines its own)
     from trust_unlearn.methods import tuned_settings
 

@@ -49,11 +49,21 @@ def tuned_entry(method: str, method_args: dict, testbed: bool) -> tuple[str | No
     for key in table:
         name, _, rest = key.partition(":")
         options = dict(item.split("=", 1) for item in rest.split(",") if item)
-        if name in names and all(str(method_args.get(k)) == v for k, v in options.items()):
+        if name in names and all(_option_matches(method_args.get(k), v) for k, v in options.items()):
             size = len(options) + 10 * (name == method)
             if size > best_size:
                 best, best_size = key, size
     return best, (table[best] if best else {})
+
+
+def _option_matches(value, text: str) -> bool:
+    """A run's option value against a tuned.yaml key's text: numbers by value (alpha 2.0 matches alpha=2)."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        try:
+            return float(text) == value
+        except ValueError:
+            return False
+    return str(value).lower() == text.lower()
 
 
 def tuned_settings(method: str, method_args: dict, testbed: bool) -> dict:
