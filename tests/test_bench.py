@@ -8,7 +8,7 @@ from trust_unlearn.bench import cells as cells_mod
 from trust_unlearn.bench import runner
 from trust_unlearn.bench.report import headline, summarise, update_readme, write_outputs
 from trust_unlearn.bench.runner import BenchConfig, expand_methods, parse_method_label, parse_sweep, plan, resolve_settings, run_bench
-from trust_unlearn.bench.tuning import grid_label, grid_points, select
+from trust_unlearn.bench.tuning import grid_label, grid_points, grid_report, select
 from trust_unlearn.errors import UserError
 
 
@@ -232,6 +232,12 @@ def test_tuning_rule_lowest_forget_within_the_retain_slack_ties_to_shorter():
     worse = [p for p in points if p["retain_drop"] > 0.03]
     assert (select(worse)["lr"], select(worse)["steps"]) == (3e-5, 100)
     assert select([]) is None
+    # the grid report: the choice in bold, a learning rate still missing dev tasks named
+    cells.append(tuning_cell(DEV_TASKS[0], grid_label(label, 1e-4), [(100, 0.0, 0.0), (200, 0.0, 0.0), (400, 0.0, 0.0)]))
+    report = grid_report(cells)
+    assert "| **1e-05** | **200** | **10.0%** | **+1.0** | **200** | **yes** |" in report
+    assert "| 3e-05 | 100 | 5.0% | +5.0 | 100 | no |" in report
+    assert "incomplete: lr 0.0001 lack dev tasks" in report
 
 
 def test_quick_profile_is_one_task_one_seed_few_steps():

@@ -67,8 +67,13 @@ def run(args) -> None:
     from trust_unlearn.cli import print_table, write_json_arg
 
     if args.tune:
-        from trust_unlearn.bench.tuning import RESULTS, run_tuning
+        from trust_unlearn.bench.tuning import RESULTS, run_tuning, write_grid_report
 
+        if args.report_only:
+            if not RESULTS.exists():
+                raise UserError(f"no tuning results {RESULTS}; run `trust bench --tune` first")
+            print(write_grid_report().read_text())
+            return
         choices = run_tuning(args.methods, out=args.out or "runs/tuning", workers=args.workers or 2)
         print_table("tuning (dev tasks)", [(m, "incomplete" if not c["choice"] else
                                             f"lr {c['choice']['lr']:.3g}, {c['choice']['steps']} steps: forget "
