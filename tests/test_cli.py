@@ -117,19 +117,21 @@ def test_thread_count_comes_from_the_flag_then_the_environment_then_the_cores(mo
         torch.set_num_threads(before)
 
 
-@pytest.mark.parametrize("lookalike", [None, 0.9])
-def test_unlearn_prints_and_writes_the_protocol_figures(lookalike, monkeypatch, tmp_path, capsys):
-    """An individual concept has no look-alikes (None): the table still prints and the JSON is written."""
+@pytest.mark.parametrize("lookalike,seen", [(None, 0.92), (0.9, 0.92), (None, None)])
+def test_unlearn_prints_and_writes_the_protocol_figures(lookalike, seen, monkeypatch, tmp_path, capsys):
+    """An individual concept has no look-alikes (None), `make demo` evaluates no seen scenes (None): the table
+    still prints and the JSON is written."""
     import json
 
     import trust_unlearn.unlearn as engine
 
-    figures = {"forget_rate": 0.0, "unrecognised": 0.01, "retain_unseen": 0.9, "retain_seen": 0.92,
+    figures = {"forget_rate": 0.0, "unrecognised": 0.01, "retain_unseen": 0.9, "retain_seen": seen,
                "retain_accuracy": 0.9, "lookalike_unseen": lookalike, "lookalike_retain_accuracy": lookalike,
                "fd_judge": 0.1}
     summary = {"rank": 0, "method": "trust", "concept": "circle", "steps": 1, "wall_clock_s": 1.0, "seconds_per_step": 1.0,
                "peak_rss_mb": 1.0, "mean_mask_size": None, "before": figures, "after": figures, "out": str(tmp_path / "o")}
     monkeypatch.setattr(engine, "run_unlearn", lambda *a, **k: summary)
     assert main(["unlearn", "--concept", "circle", "--out", str(tmp_path / "o"), "--json", str(tmp_path / "s.json")]) == 0
-    assert "retain unseen 90.0%" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "retain unseen 90.0%" in out and ("/ seen 92.0%" in out) == (seen is not None)
     assert json.loads((tmp_path / "s.json").read_text())["after"]["lookalike_unseen"] == lookalike

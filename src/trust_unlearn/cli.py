@@ -340,9 +340,12 @@ def cmd_unlearn(args):
         res = summary[when]
         if res:
             text = (f"forget {res['forget_rate']:.1%} (unrecognised {res['unrecognised']:.1%})  "
-                    f"retain unseen {res['retain_unseen']:.1%} / seen {res['retain_seen']:.1%}")
-            if res.get("lookalike_unseen") is not None:
-                text += f"  look-alike unseen {res['lookalike_unseen']:.1%}"
+                    f"retain unseen {res['retain_unseen']:.1%}")
+            # figures an evaluation may leave out: seen scenes (seen=false, as `make demo`), look-alikes
+            # (an individual concept has none)
+            for label, key in ((" / seen", "retain_seen"), ("  look-alike unseen", "lookalike_unseen")):
+                if res.get(key) is not None:
+                    text += f"{label} {res[key]:.1%}"
             text += f"  FD-judge {res['fd_judge']:.3f}"
             rows.append((when, text))
     rows.append(("output", summary["out"]))
