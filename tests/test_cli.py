@@ -135,3 +135,16 @@ def test_unlearn_prints_and_writes_the_protocol_figures(lookalike, seen, monkeyp
     out = capsys.readouterr().out
     assert "retain unseen 90.0%" in out and ("/ seen 92.0%" in out) == (seen is not None)
     assert json.loads((tmp_path / "s.json").read_text())["after"]["lookalike_unseen"] == lookalike
+
+
+@pytest.mark.parametrize("steps,says", [(6, "6 (stopped when forgotten; at most 10)"),
+                                        (10, "10 (the probes read it forgotten at the last step)")])
+def test_unlearn_says_whether_the_stopping_rule_ended_the_run(steps, says, monkeypatch, tmp_path, capsys):
+    import trust_unlearn.unlearn as engine
+
+    summary = {"rank": 0, "method": "trust", "concept": "circle", "steps": steps, "max_steps": 10, "stopped_at": steps,
+               "wall_clock_s": 1.0, "seconds_per_step": 1.0, "peak_rss_mb": 1.0, "mean_mask_size": None,
+               "before": None, "after": None, "out": str(tmp_path / "o")}
+    monkeypatch.setattr(engine, "run_unlearn", lambda *a, **k: summary)
+    assert main(["unlearn", "--concept", "circle", "--out", str(tmp_path / "o")]) == 0
+    assert says in capsys.readouterr().out
