@@ -329,9 +329,10 @@ def cmd_unlearn(args):
     summary = run_unlearn(cfg, resume=args.resume, overwrite=args.overwrite)
     if summary["rank"] != 0:
         return  # under `accelerate launch`, rank 0 reports
-    stopped = summary.get("stopped_at")
-    steps = str(summary["steps"]) + ("" if not stopped else f" (stopped when forgotten; at most {summary['max_steps']})"
-                                     if summary["steps"] < summary["max_steps"] else " (the probes read it forgotten at the last step)")
+    steps = str(summary["steps"])
+    if summary.get("stopped_at"):
+        steps += (f" (stopped when forgotten; at most {summary['max_steps']})" if summary["steps"] < summary["max_steps"]
+                  else " (the probes read it forgotten at the last step)")
     rows = [("method", summary["method"]), ("concept", summary["concept"]), ("steps", steps),
             ("wall-clock (training)", f"{summary['wall_clock_s']:.1f} s ({summary['seconds_per_step']:.2f} s/step)"),
             ("peak RSS", f"{summary['peak_rss_mb']:.0f} MB")]

@@ -2,6 +2,7 @@
 `--tune` runs the tuning grid on the dev tasks; `--report-only` rebuilds the outputs from the cells."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from trust_unlearn.errors import UserError
@@ -72,7 +73,7 @@ def run(args) -> None:
         if args.report_only:
             if not RESULTS.exists():
                 raise UserError(f"no tuning results {RESULTS}; run `trust bench --tune` first")
-            print(write_grid_report().read_text())
+            print(write_grid_report(json.loads(RESULTS.read_text())["cells"]).read_text())
             return
         choices = run_tuning(args.methods, out=args.out or "runs/tuning", workers=args.workers or 2)
         print_table("tuning (dev tasks)", [(m, "incomplete" if not c["choice"] else
