@@ -24,9 +24,9 @@ from trust_unlearn.stopping import StoppingRule
 
 def reading(model_path: str, concept: str, steps: int, probes: int) -> dict:
     model = load_model(model_path)
-    ctx = RunContext(model, resolve_spec(concept, is_testbed=model.is_testbed), CommonConfig())
+    ctx = RunContext(model, resolve_spec(concept, is_testbed=model.is_testbed), CommonConfig(probes=probes, probe_steps=steps))
     ctx.scorer = load_scorer(None, model.is_testbed)
-    rule = StoppingRule(ctx, probes, 0.05, 0.02, steps)
+    rule = StoppingRule(ctx)
     start = time.perf_counter()
     out = rule.read()
     return {**out, "seconds": time.perf_counter() - start}

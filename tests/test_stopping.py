@@ -20,22 +20,31 @@ def _scripted_readings(monkeypatch, readings):
     monkeypatch.setattr(StoppingRule, "read", lambda self: dict(queue.pop(0)))
 
 
-def test_run_stops_at_the_first_probe_that_reads_forgotten_with_retain_intact(tiny_run_config, monkeypatch):
+def test_run_stops_after_patience_probes_in_a_row_read_forgotten_with_retain_intact(tiny_run_config, monkeypatch):
+    gone = {"present": 0.0, "retain_alignment": 0.499}
     _scripted_readings(monkeypatch, [
         {"present": 1.0, "retain_alignment": 0.5},  # the original
-        {"present": 0.5, "retain_alignment": 0.5},  # step 2: concept still there
-        {"present": 0.0, "retain_alignment": 0.4},  # step 4: gone, but retain drifted 20 %
-        {"present": 0.0, "retain_alignment": 0.499},  # step 6: gone, retain intact -> stop
+        gone,  # step 2: gone, but a single reading does not stop the run
+        {"present": 0.5, "retain_alignment": 0.5},  # step 4: back -- the streak starts over
+        {"present": 0.0, "retain_alignment": 0.4},  # step 6: gone, but retain drifted 20 %
+        gone,  # step 8: first of a streak
+        gone,  # step 10: second in a row -> stop (stop_patience 2, the default)
     ])
-    cfg = tiny_run_config(common=dict(steps=10, probe_every=2))
+    cfg = tiny_run_config(common=dict(steps=12, probe_every=2))
     summary = run_unlearn(cfg)
-    assert summary["stopped_at"] == 6 and summary["steps"] == 6 and summary["max_steps"] == 10
+    assert summary["stopped_at"] == 10 and summary["steps"] == 10 and summary["max_steps"] == 12
     rows = _log(cfg.out)
-    assert [r["step"] for r in rows if "probe" in r] == [1, 3, 5]
-    assert [r.get("stopped") for r in rows if "probe" in r] == [False, False, True]
-    assert rows[3]["probe"]["retain_drift"] == pytest.approx(0.2)
+    assert [r["step"] for r in rows if "probe" in r] == [1, 3, 5, 7, 9]
+    assert [r["probe"]["forgotten"] for r in rows if "probe" in r] == [True, False, False, True, True]
+    assert [r.get("stopped") for r in rows if "probe" in r] == [False, False, False, False, True]
+    assert rows[5]["probe"]["retain_drift"] == pytest.approx(0.2)
     assert summary["probe_before"]["present"] == 1.0
-    assert all(len(offsets) == 7 for offsets in _mask_offsets(cfg.out))  # 6 steps of masks saved
+    assert all(len(offsets) == 11 for offsets in _mask_offsets(cfg.out))  # 10 steps of masks saved
+
+    # patience 1: the first forgotten reading ends the run
+    _scripted_readings(monkeypatch, [{"present": 1.0, "retain_alignment": 0.5}, gone])
+    cfg = tiny_run_config(common=dict(steps=12, probe_every=2, stop_patience=1), out=str(Path(cfg.out).with_name("eager")))
+    assert run_unlearn(cfg)["stopped_at"] == 2
 
 
 def _mask_offsets(out):
@@ -70,12 +79,17 @@ def test_probe_reads_real_images_deterministically_with_training_seeds(tiny_run_
     cfg = tiny_run_config()
     model = load_model(cfg.model)
     spec = ConceptSpec("x", [cfg.concept], [cfg.anchor], cfg.retain).validate()
-    ctx = RunContext(model, spec, CommonConfig(seed=2))
+    ctx = RunContext(model, spec, CommonConfig(seed=2, probes=3, probe_steps=2))
     ctx.scorer = load_scorer(cfg.scorer, False)
-    rule = StoppingRule(ctx, probes=3, stop_forget=0.05, stop_retain_drift=0.02, sampler_steps=2)
+    rule = StoppingRule(ctx)
     assert all(TRAIN_SEEDS[0] <= s < TRAIN_SEEDS[1] for s in rule.seeds) and len(rule.seeds) == 6
     first = rule.calibrate()
-    assert 0.0 <= first["present"] <= 1.0 and set(first) == {"present", "retain_alignment"}
+    assert 0.0 <= first["present"] <= 1.0 and set(first) == {"present", "margins", "retain_alignment"}
+    assert first["present"] == sum(m > 0 for m in first["margins"]) / 3
+    # a margin above every probe's anchor preference reads each of them present
+    ctx.common.stop_margin = 1 + max(-m for m in first["margins"])
+    assert rule.read()["present"] == 1.0
+    ctx.common.stop_margin = 0.0
     again = rule.probe()
     assert again["present"] == first["present"] and again["retain_drift"] == pytest.approx(0.0, abs=1e-6)
 
@@ -106,5 +120,9 @@ def test_bad_stopping_options_give_one_clear_error(tiny_run_config):
 
     with pytest.raises(UserError, match="probe_every"):
         run_unlearn(tiny_run_config(common=dict(probe_every=-1)))
+    with pytest.raises(UserError, match="stop_patience"):
+        run_unlearn(tiny_run_config(common=dict(stop_patience=0)))
+    with pytest.raises(UserError, match="stop_margin"):
+        run_unlearn(tiny_run_config(common=dict(stop_margin=-0.1)))
     with pytest.raises(UserError, match="noise_floor_every"):
         run_unlearn(tiny_run_config(method_args=dict(noise_floor_every=-2)))

@@ -5,12 +5,14 @@ model's own sampler) for target prompts and for retain prompts, and the run's al
 them -- the signal TRUST already follows (for a real SD model, CLIP). Never the evaluation judge: the
 judge grades the result and must not steer it.
 
-  concept present in a target probe x of prompt c, anchor a:  A(x, c) > A(x, a)
+  concept present in a target probe x of prompt c, anchor a:  A(x, c) - A(x, a) > -stop_margin
   retain drift:  1 - mean_r A(x_r, c_r) / mean_r A0(x_r, c_r)   (A0: the original model, same seeds)
 
-The run stops at the first probe with present share <= stop_forget and retain drift <= stop_retain_drift,
-so `--steps` is a maximum. If the scorer cannot tell the concept from its anchor on the original model
-(present share < 1/2 before training) the rule says so and never stops the run.
+A probe reads *forgotten* when its present share <= stop_forget and retain drift <= stop_retain_drift; the
+run stops once `stop_patience` probes in a row read forgotten, so `--steps` is a maximum. The margin and the
+patience guard against a scorer that reads the concept gone before the judge does (one probe of 16 images
+that happens to read 0 % is not enough). If the scorer cannot tell the concept from its anchor on the
+original model (present share < 1/2 before training) the rule says so and never stops the run.
 """
 from __future__ import annotations
 
@@ -25,26 +27,28 @@ MIN_PRESENT_BEFORE = 0.5  # below this the scorer cannot read the concept: the r
 class StoppingRule:
     """Probe readings of the current model, against the original's on the same seeds."""
 
-    def __init__(self, ctx, probes: int, stop_forget: float, stop_retain_drift: float, sampler_steps: int):
-        self.ctx, self.stop_forget, self.stop_retain_drift = ctx, stop_forget, stop_retain_drift
-        self.sampler_steps = sampler_steps
+    def __init__(self, ctx):
+        self.ctx, common = ctx, ctx.common
         spec = ctx.spec
-        self.targets = [k % len(spec.targets) for k in range(probes)]
-        self.retains = [spec.retains[k % len(spec.retains)] for k in range(probes)] if spec.retains else []
-        self.seeds = probe_seeds(ctx.common.seed, probes + len(self.retains))
+        self.targets = [k % len(spec.targets) for k in range(common.probes)]
+        self.retains = [spec.retains[k % len(spec.retains)] for k in range(common.probes)] if spec.retains else []
+        self.seeds = probe_seeds(common.seed, common.probes + len(self.retains))
         self.reference: dict | None = None  # the original model's reading (set by `calibrate`)
+        self.streak = 0  # consecutive probes that read forgotten
 
     @torch.no_grad()
     def read(self) -> dict:
-        """present: share of target probes read as the concept; retain_alignment: mean A over retain probes."""
+        """present: share of target probes read as the concept (margins: A(x, c) - A(x, a) per probe);
+        retain_alignment: mean A over retain probes."""
         ctx, spec = self.ctx, self.ctx.spec
         targets = [spec.targets[i] for i in self.targets]
         anchors = [spec.anchors[i] for i in self.targets]
-        images = generate(ctx.model, targets + self.retains, self.seeds, num_inference_steps=self.sampler_steps,
+        images = generate(ctx.model, targets + self.retains, self.seeds, num_inference_steps=ctx.common.probe_steps,
                           show_progress=False).to(ctx.device)
         n = len(targets)
         margin = ctx.scorer.score(images[:n], targets) - ctx.scorer.score(images[:n], anchors)
-        reading = {"present": float((margin > 0).float().mean())}
+        reading = {"present": float((margin > -ctx.common.stop_margin).float().mean()),
+                   "margins": [round(float(m), 5) for m in margin]}
         if self.retains:
             reading["retain_alignment"] = float(ctx.scorer.score(images[n:], self.retains).mean())
         return reading
@@ -59,11 +63,15 @@ class StoppingRule:
         return self.reference is not None and self.reference["present"] >= MIN_PRESENT_BEFORE
 
     def probe(self) -> dict:
-        """The current model's reading, its retain drift, and whether the run may stop here."""
+        """The current model's reading, its retain drift, whether it reads forgotten, and whether the run may
+        stop here (`stop_patience` forgotten readings in a row)."""
+        common = self.ctx.common
         reading = self.read()
         before = self.reference.get("retain_alignment")
         drift = 0.0 if before is None else 1 - reading["retain_alignment"] / before
         reading["retain_drift"] = drift
-        reading["forgotten"] = bool(self.usable and reading["present"] <= self.stop_forget
-                                    and drift <= self.stop_retain_drift)
+        reading["forgotten"] = bool(self.usable and reading["present"] <= common.stop_forget
+                                    and drift <= common.stop_retain_drift)
+        self.streak = self.streak + 1 if reading["forgotten"] else 0
+        reading["stop"] = self.streak >= common.stop_patience
         return reading

@@ -208,7 +208,7 @@ def run_unlearn(cfg: UnlearnConfig, resume: bool = False, overwrite: bool = Fals
     history = _History(list(trainable))
     rule = None
     if common.probe_every and ctx.scorer is not None:
-        rule = StoppingRule(ctx, common.probes, common.stop_forget, common.stop_retain_drift, common.probe_steps)
+        rule = StoppingRule(ctx)
 
     grid_prompts = _grid_prompts(spec)
     if resume and ckpt_path.exists():
@@ -223,7 +223,7 @@ def run_unlearn(cfg: UnlearnConfig, resume: bool = False, overwrite: bool = Fals
         ctx.load_cache_tensors(load_file(partial / "cache.safetensors"))
         before = json.loads((partial / "before.json").read_text())
         if rule is not None:
-            rule.reference = state["probe_reference"]
+            rule.reference, rule.streak = state["probe_reference"], state.get("probe_streak", 0)
         print(f"[unlearn] resuming {out.name} at step {start}/{common.steps}")
     else:
         if resume:
@@ -272,7 +272,7 @@ def run_unlearn(cfg: UnlearnConfig, resume: bool = False, overwrite: bool = Fals
             if rule is not None and (k + 1) % common.probe_every == 0:
                 with ctx.timer("probe"):
                     row["probe"] = rule.probe()
-                stop = row["stopped"] = common.stop and row["probe"]["forgotten"]
+                stop = row["stopped"] = common.stop and row["probe"]["stop"]
             phases = ctx.timer.lap()
             row.update(step=k, seconds=time.perf_counter() - t0, peak_rss_mb=peak_rss_mb())
             if phases:
@@ -285,12 +285,14 @@ def run_unlearn(cfg: UnlearnConfig, resume: bool = False, overwrite: bool = Fals
                     "params": {n: p.detach().clone() for n, p in trainable.items()}, "method": method.state_dict(),
                     "rng": ctx.rng.get_state(), "history": history.steps, "first_mask": first_mask,
                     "prev_mask": prev_mask, "step": k + 1, "probe_reference": rule and rule.reference,
+                    "probe_streak": rule.streak if rule else 0,
                 })
             if on_step is not None:
                 on_step(k)
             if stop:
-                print(f"[unlearn] stopped at step {k + 1}: the scorer reads the concept in "
-                      f"{row['probe']['present']:.0%} of the probe images, retain drift {row['probe']['retain_drift']:.1%}")
+                print(f"[unlearn] stopped at step {k + 1}: {common.stop_patience} probe(s) in a row read the concept "
+                      f"gone (last: {row['probe']['present']:.0%} of the probe images, retain drift "
+                      f"{row['probe']['retain_drift']:.1%})")
                 break
     agree = _ranks_agree(accelerator, trainable, history)
     summary = {"rank": ctx.rank, "world_size": ctx.world, "ranks_agree": agree}

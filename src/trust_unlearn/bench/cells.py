@@ -218,6 +218,7 @@ def run_method_cell(job: dict) -> dict:
         **_header(job), **_protocol_figures(before, after),
         "train_seconds": summary["wall_clock_s"], "seconds_per_step": summary["seconds_per_step"],
         "steps": summary["steps"], "max_steps": summary["max_steps"], "stopped_at": summary.get("stopped_at"),
+        "probe_before": summary.get("probe_before"), "probes": summary.get("probes"),
         "peak_rss_mb": summary["peak_rss_mb"], "mean_mask": summary["mean_mask_size"],
         "rows": summary["n_trainable_rows"], "phase_seconds": summary.get("phase_seconds"),
         "mask_jaccard_step": summary.get("mask_jaccard_step"), "mask_jaccard_floor": summary.get("mask_jaccard_floor"),

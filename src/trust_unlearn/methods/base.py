@@ -37,13 +37,15 @@ class CommonConfig:
     gradient_checkpointing: bool = False  # recompute UNet activations in backward: less memory, ~30 % slower
     attention_slicing: bool = False  # sliced (math) attention: less peak memory, double-backward safe
     # stop when forgotten (stopping.py): probe with the alignment scorer every k steps (0 = never) and end
-    # the run at the first probe that reads the concept gone and retain intact; `steps` is then a maximum
+    # the run once `stop_patience` probes in a row read the concept gone and retain intact; `steps` is then a maximum
     probe_every: int = 25
     stop: bool = True
     probes: int = 16  # probe images per side (target prompts, retain prompts)
     probe_steps: int = 25  # DDIM steps of a probe generation (the testbed's own; SD's 50 would double the cost)
     stop_forget: float = 0.05  # at most this share of target probes still read as the concept
     stop_retain_drift: float = 0.02  # and retain alignment at most this much (relative) below the original's
+    stop_margin: float = 0.0  # a target probe reads forgotten only if the scorer prefers the anchor by more than this
+    stop_patience: int = 2  # consecutive forgotten probes before the run stops (one lucky probe must not end it)
 
     def validate(self) -> "CommonConfig":
         from trust_unlearn.errors import UserError
@@ -52,8 +54,10 @@ class CommonConfig:
             raise UserError(f"mixed_precision must be no, bf16 or fp16, not {self.mixed_precision!r}")
         if self.steps < 1 or self.batch < 1 or self.cache_images < 1:
             raise UserError("steps, batch and cache_images must be at least 1")
-        if self.probe_every < 0 or self.probes < 1 or self.probe_steps < 1:
-            raise UserError("probe_every must be >= 0 (0: never probe), probes and probe_steps >= 1")
+        if self.probe_every < 0 or self.probes < 1 or self.probe_steps < 1 or self.stop_patience < 1:
+            raise UserError("probe_every must be >= 0 (0: never probe), probes, probe_steps and stop_patience >= 1")
+        if self.stop_margin < 0:
+            raise UserError(f"stop_margin must be >= 0 (0: the anchor merely beats the concept), not {self.stop_margin}")
         if not self.lr > 0:
             raise UserError(f"--lr must be positive, not {self.lr}")
         return self
