@@ -244,3 +244,11 @@ def test_quick_profile_is_one_task_one_seed_few_steps():
     cfg = BenchConfig().apply_quick()
     assert (cfg.tasks, cfg.seeds, cfg.common["steps"], cfg.attack_prompts) == (["circle"], 1, 12, 2)
     assert len([j for j in plan(cfg) if j["label"] != "original"]) == len(runner.DEFAULT_METHODS)
+
+
+def test_an_original_cell_goes_stale_with_the_evaluation_not_the_training_engine(monkeypatch):
+    original, trained = cells_mod.source_hash("original"), cells_mod.source_hash("trust")
+    monkeypatch.setattr(cells_mod, "ENGINE_FILES", cells_mod.ENGINE_FILES[:-1])  # "edit" the training engine
+    assert cells_mod.source_hash("original") == original and cells_mod.source_hash("trust") != trained
+    monkeypatch.setattr(cells_mod, "EVALUATION_FILES", cells_mod.EVALUATION_FILES[:-1])  # and the evaluation
+    assert cells_mod.source_hash("original") != original

@@ -30,10 +30,12 @@ PACKAGE = Path(__file__).resolve().parent.parent
 ROOT = PACKAGE.parent.parent
 FORGET_TARGET, RETAIN_SLACK = 0.05, 0.03
 ORIGINAL = "original"
-# the engine and evaluation every trained cell depends on, whatever its method (not the registry, nor
-# tuned.yaml: a cell's settings are recorded and compared on their own)
-ENGINE_FILES = ("unlearn.py", "stopping.py", "concept_spec.py", "neurons.py", "methods/base.py",
-                "evaluation/evaluate.py", "evaluation/protocol.py", "evaluation/judges.py", "evaluation/geometric.py")
+# the code every cell's figures depend on (an original cell runs only the evaluation), and the training
+# engine every trained cell also runs, whatever its method (not the registry, nor tuned.yaml: a cell's
+# settings are recorded and compared on their own)
+EVALUATION_FILES = ("concept_spec.py", "evaluation/evaluate.py", "evaluation/protocol.py", "evaluation/judges.py",
+                    "evaluation/geometric.py")
+ENGINE_FILES = ("unlearn.py", "stopping.py", "neurons.py", "methods/base.py")
 
 
 # ------------------------------------------------------------------ identity of a cell
@@ -72,9 +74,12 @@ def method_files(name: str) -> list[Path]:
 
 
 def source_hash(name: str) -> str:
-    """Digest of the code a cell of method `name` ran: the method's files plus the engine and evaluation."""
-    engine = [PACKAGE / f for f in ENGINE_FILES]
-    return _digest(engine + ([] if name == ORIGINAL else method_files(name)))
+    """Digest of the code a cell of method `name` ran: the evaluation, plus for a trained method the engine
+    and the method's files."""
+    files = [PACKAGE / f for f in EVALUATION_FILES]
+    if name != ORIGINAL:
+        files += [PACKAGE / f for f in ENGINE_FILES] + method_files(name)
+    return _digest(files)
 
 
 def attack_hash() -> str:
