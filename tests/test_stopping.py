@@ -126,3 +126,16 @@ def test_bad_stopping_options_give_one_clear_error(tiny_run_config):
         run_unlearn(tiny_run_config(common=dict(stop_margin=-0.1)))
     with pytest.raises(UserError, match="noise_floor_every"):
         run_unlearn(tiny_run_config(method_args=dict(noise_floor_every=-2)))
+
+
+def test_stopping_flags_reach_the_run_config_and_testbed_trust_uses_the_dev_tuned_rule():
+    from trust_unlearn.cli import build_parser, unlearn_config_from_args
+    from trust_unlearn.methods import tuned_settings
+
+    args = build_parser().parse_args(["unlearn", "--concept", "circle", "--stop-patience", "3", "--stop-forget", "0.1"])
+    common = unlearn_config_from_args(args).common
+    assert common["stop_patience"] == 3 and common["stop_forget"] == 0.1
+    for method, method_args in (("trust", {}), ("trust", {"reg": "csr"}), ("trust-robust", {})):
+        tuned = tuned_settings(method, method_args, testbed=True)["common"]
+        assert (tuned["stop_patience"], tuned["stop_forget"]) == (1, 0.13)
+    assert "stop_patience" not in tuned_settings("trust", {}, testbed=False)["common"]  # SD: the conservative default

@@ -249,6 +249,11 @@ def _unlearn_args(p):
                    help="read the concept and retain with the alignment scorer every k steps (25; 0 = never)")
     g.add_argument("--no-stop", dest="stop", action="store_const", const=False, default=None,
                    help="run every --steps step, even once the probes read the concept gone and retain intact")
+    g.add_argument("--stop-patience", type=int, default=None,
+                   help="stop once this many probes in a row read the concept gone (2; testbed TRUST: 1, tuned)")
+    g.add_argument("--stop-forget", type=float, default=None,
+                   help="a probe reads it gone with at most this share of target probes read as the concept "
+                        "(0.05; testbed TRUST: 0.13, tuned)")
     g.add_argument("--mixed-precision", choices=("no", "bf16", "fp16"), default=None, help="autocast the training step")
     g.add_argument("--gradient-checkpointing", action="store_const", const=True, default=None)
     g.add_argument("--attention-slicing", action="store_const", const=True, default=None)
@@ -272,7 +277,7 @@ def _unlearn_args(p):
 
 
 _COMMON_FLAGS = ("steps", "lr", "batch", "seed", "guidance", "cache_images", "mixed_precision", "gradient_checkpointing",
-                 "attention_slicing", "probe_every", "stop")
+                 "attention_slicing", "probe_every", "stop", "stop_patience", "stop_forget")
 _TRUST_FLAGS = ("xi", "beta", "alpha", "reg", "objective", "mask_every", "saliency_steps", "backprop_depth", "saliency_batch",
                 "saliency_resolution")
 
