@@ -6,7 +6,7 @@ import pytest
 
 from trust_unlearn.bench import cells as cells_mod
 from trust_unlearn.bench import runner
-from trust_unlearn.bench.report import headline, summarise, update_readme, write_outputs
+from trust_unlearn.bench.report import headline, summarise, task_tables, update_readme, write_outputs
 from trust_unlearn.bench.runner import BenchConfig, expand_methods, parse_method_label, parse_sweep, plan, resolve_settings, run_bench
 from trust_unlearn.bench.tuning import grid_label, grid_points, grid_report, select
 from trust_unlearn.errors import UserError
@@ -182,7 +182,8 @@ def test_summary_means_intervals_median_time_and_pooled_asr():
     cells = [cell("original", 0, 0.9, 0.9, asr={"p4d": 1.0}),
              cell("trust", 0, 0.0, 0.89, ttt=5.0, asr={"p4d": 0.125, "mma": 0.0}), cell("trust", 1, 0.02, 0.88, ttt=7.0),
              cell("trust", 2, 0.04, 0.90, ttt=None), cell("esd-x", 0, 0.5, 0.5, asr={"p4d": 0.5, "mma": 0.25}),
-             cell("salun", 0, 0.0, 0.9, ttt=28.0), cell("trust-static", 0, 0.0, 0.9, ttt=1.0)]
+             cell("salun", 0, 0.0, 0.9, ttt=28.0), cell("trust-static", 0, 0.0, 0.9, ttt=1.0),
+             cell("uce", 0, 0.0, 0.9, ttt=0.4), cell("trust:reg=csr", 0, 0.0, 0.9, ttt=None)]
     s = summarise(cells, stale={("circle", "esd-x", 0)})
     t = s["tasks"]["circle"]["methods"]["trust"]
     assert t["forget"]["n"] == 3 and t["forget"]["mean"] == pytest.approx(0.02) and t["forget"]["low"] < 0.02 < t["forget"]["high"]
@@ -191,9 +192,13 @@ def test_summary_means_intervals_median_time_and_pooled_asr():
     assert t["meets_bar"] and not s["tasks"]["circle"]["methods"]["esd-x"]["meets_bar"]
     assert s["tasks"]["circle"]["methods"]["esd-x"]["stale"] == [0]
     assert s["tasks"]["circle"]["original"]["asr"]["p4d"]["rate"] == 1.0
-    # TRUST's median time to target over the fastest baseline that reaches it (its own variants are no rival)
+    # TRUST's median time to target over the fastest trained baseline that reaches it (its own variants are no
+    # rival; a training-free method is shown beside it); a TRUST label that never reaches it has no ratio
     assert s["tasks"]["circle"]["speed"] == {"fastest_baseline": "salun", "fastest_baseline_seconds": 28.0,
-                                             "time_to_target_ratio": 0.25, "step_ratio_dynamic_static": 1.5}
+                                             "fastest_training_free": "uce", "fastest_training_free_seconds": 0.4,
+                                             "time_to_target_ratio": {"trust": 0.25}, "step_ratio_dynamic_static": 1.5}
+    section = task_tables("circle", s["tasks"]["circle"], s["attacks"])
+    assert "`trust` 0.25 (bar: ≤ 0.33)" in section and "`uce` (0.4 s)" in section
     table = headline(s)
     assert "p4d 50 [" in table and "(100)" in table and "7 (2/3)" in table
 

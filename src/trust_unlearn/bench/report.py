@@ -75,17 +75,28 @@ def summarise(cells: list[dict], stale: set[tuple] | None = None) -> dict:
     return {"tasks": tasks, "attacks": attacks}
 
 
-def speed(methods: dict, trust: str = "trust", static: str = "trust-static") -> dict:
-    """TRUST's median time-to-target over the fastest baseline's (among baselines that reach it: not
-    TRUST's own variants), and TRUST's mean step over the static-mask variant's (the price of re-locating)."""
-    mine = methods.get(trust, {}).get("time_to_target", {}).get("median")
-    rivals = {m: r["time_to_target"]["median"] for m, r in methods.items()
-              if not m.startswith("trust") and r["time_to_target"]["median"] is not None}
-    best = min(rivals, key=rivals.get) if rivals else None
+TRUST_LABELS = ("trust", "trust:reg=csr", "trust-robust")  # whose time to target is set against the baselines'
+
+
+def speed(methods: dict, static: str = "trust-static") -> dict:
+    """Each TRUST label's median time-to-target over the fastest *trained* baseline's (issue 16's bar is
+    against tuned baselines; TRUST's own variants are no rival), the fastest training-free method's time
+    beside it (a closed form takes seconds: a different kind of cost), and TRUST's mean step over the
+    static-mask variant's (the price of re-locating the neurons)."""
+    from trust_unlearn.bench.runner import TRAINING_FREE
+
+    median = lambda m: methods[m]["time_to_target"]["median"]  # noqa: E731
+    reached = {m: median(m) for m in methods if not m.startswith("trust") and median(m) is not None}
+    trained = {m: t for m, t in reached.items() if m.partition(":")[0] not in TRAINING_FREE}
+    free = {m: t for m, t in reached.items() if m not in trained}
+    best = min(trained, key=trained.get) if trained else None
+    best_free = min(free, key=free.get) if free else None
     step = lambda m: (methods.get(m, {}).get("seconds_per_step") or {}).get("mean")  # noqa: E731
-    return {"fastest_baseline": best, "fastest_baseline_seconds": rivals.get(best),
-            "time_to_target_ratio": mine / rivals[best] if mine is not None and best else None,
-            "step_ratio_dynamic_static": step(trust) / step(static) if step(trust) and step(static) else None}
+    return {"fastest_baseline": best, "fastest_baseline_seconds": trained.get(best),
+            "fastest_training_free": best_free, "fastest_training_free_seconds": free.get(best_free),
+            "time_to_target_ratio": {m: median(m) / trained[best] for m in TRUST_LABELS
+                                     if best and m in methods and median(m) is not None},
+            "step_ratio_dynamic_static": step("trust") / step(static) if step("trust") and step(static) else None}
 
 
 def _median_with_misses(times: list) -> float | None:
@@ -148,10 +159,12 @@ def task_tables(task: str, entry: dict, attacks: list[str]) -> str:
                      _ttt(r["time_to_target"]), "ok" if r["meets_bar"] else "miss"])
     out = [f"### {task}", "", _md(head, rows)]
     sp = entry.get("speed") or {}
-    if sp.get("fastest_baseline") or sp.get("step_ratio_dynamic_static"):
-        ratio = sp.get("time_to_target_ratio")
-        out += ["", f"Speed: fastest baseline to target `{sp.get('fastest_baseline')}` "
-                    f"({_num(sp.get('fastest_baseline_seconds'))} s); TRUST / it = {_num(ratio, 2)} (bar: ≤ 0.33); "
+    if sp.get("fastest_baseline") or sp.get("fastest_training_free") or sp.get("step_ratio_dynamic_static"):
+        ratios = ", ".join(f"`{m}` {_num(r, 2)}" for m, r in sp["time_to_target_ratio"].items()) or "-"
+        out += ["", f"Speed: fastest trained baseline to target `{sp.get('fastest_baseline')}` "
+                    f"({_num(sp.get('fastest_baseline_seconds'))} s); TRUST's time over it: {ratios} (bar: ≤ 0.33); "
+                    f"fastest training-free `{sp.get('fastest_training_free')}` "
+                    f"({_num(sp.get('fastest_training_free_seconds'), 1)} s); "
                     f"TRUST's step / static-mask step = {_num(sp.get('step_ratio_dynamic_static'), 2)} (bar: ≤ 1.5)."]
     if attacks:
         head = ["method"] + [f"{a} ASR %" for a in attacks]
