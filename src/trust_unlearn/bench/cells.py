@@ -157,9 +157,14 @@ def _attack(model, original, task: str, job: dict, out: Path) -> dict:
 
 
 def _header(job: dict) -> dict:
+    """A cell's identity, taken when it starts: the commit and code it runs (a commit made while it runs is not
+    its code); `finished` is stamped at the end."""
     return {"task": job["task"], "method": job["label"], "seed": int(job["seed"]), "commit": git_commit(),
-            "source_hash": source_hash(job["method"]), "settings": job.get("settings"),
-            "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "threads": _threads()}
+            "source_hash": source_hash(job["method"]), "settings": job.get("settings"), "threads": _threads()}
+
+
+def _finished() -> dict:
+    return {"finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
 
 
 def _threads() -> int:
@@ -173,13 +178,13 @@ def run_original_cell(job: dict) -> dict:
     from trust_unlearn.evaluation.evaluate import EvalConfig
     from trust_unlearn.pipeline import load_model
 
-    started = time.perf_counter()
+    started, header = time.perf_counter(), _header(job)
     original = load_model(job["model"])
     res = original_evaluation(original, job, EvalConfig(**job["eval"]), Path(job["out"]).parent)
-    cell = {**_header(job), **{k: v for k, v in _protocol_figures(res, res).items() if not k.endswith("_before")}}
+    cell = {**header, **{k: v for k, v in _protocol_figures(res, res).items() if not k.endswith("_before")}}
     if job["attacks"]:
         cell.update(_attack(original, original, job["task"], job, Path(job["out"]) / "attacks"))
-    cell["total_seconds"] = time.perf_counter() - started
+    cell.update(total_seconds=time.perf_counter() - started, **_finished())
     return cell
 
 
@@ -190,7 +195,7 @@ def run_method_cell(job: dict) -> dict:
     from trust_unlearn.unlearn import UnlearnConfig, run_unlearn
     from trust_unlearn.world.concepts import parse_concept
 
-    started = time.perf_counter()
+    started, header = time.perf_counter(), _header(job)
     out = Path(job["out"])
     concept = parse_concept(job["task"])
     settings = job["settings"]
@@ -220,7 +225,7 @@ def run_method_cell(job: dict) -> dict:
     final = _curve_point(summary["steps"], summary["wall_clock_s"], after, before)
     curve = [p for p in state["curve"] if p["step"] < summary["steps"]] + [final]
     cell = {
-        **_header(job), **_protocol_figures(before, after),
+        **header, **_protocol_figures(before, after),
         "train_seconds": summary["wall_clock_s"], "seconds_per_step": summary["seconds_per_step"],
         "steps": summary["steps"], "max_steps": summary["max_steps"], "stopped_at": summary.get("stopped_at"),
         "probe_before": summary.get("probe_before"), "probes": summary.get("probes"),
@@ -232,7 +237,7 @@ def run_method_cell(job: dict) -> dict:
     }
     if job["attacks"]:
         cell.update(_attack(state["ctx"].model, original, job["task"], job, out / "attacks"))
-    cell["total_seconds"] = time.perf_counter() - started
+    cell.update(total_seconds=time.perf_counter() - started, **_finished())
     return cell
 
 
