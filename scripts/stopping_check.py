@@ -24,6 +24,8 @@ from pathlib import Path
 
 from trust_unlearn.bench.cells import FORGET_TARGET, meets_target
 from trust_unlearn.evaluation.protocol import DEV_TASKS
+from trust_unlearn.methods.base import CommonConfig
+from trust_unlearn.stopping import MIN_PRESENT_BEFORE
 from trust_unlearn.utils import write_json
 
 RESULTS = Path("results/diagnostics/stopping.json")
@@ -40,12 +42,14 @@ def bench_config():
                        out="runs/stopdiag", results=str(RESULTS))
 
 
-def replay(cell: dict, patience: int, stop_forget: float, margin: float, stop_drift: float = 0.02) -> int:
-    """The step at which the rule would have stopped this run (its max if never)."""
-    def present(reading):
+def replay(cell: dict, patience: int, stop_forget: float, margin: float,
+           stop_drift: float = CommonConfig.stop_retain_drift) -> int:
+    """The step at which the rule would have stopped this run (its max if never): StoppingRule.probe's
+    decision, read off the logged margins."""
+    def present(reading):  # StoppingRule.read's present share, at this margin
         return sum(m > -margin for m in reading["margins"]) / len(reading["margins"])
 
-    if present(cell["probe_before"]) < 0.5:  # the rule's own guard: an unreadable concept never stops
+    if present(cell["probe_before"]) < MIN_PRESENT_BEFORE:  # the rule's own guard: an unreadable concept never stops
         return cell["max_steps"]
     streak = 0
     for probe in cell["probes"]:
