@@ -1,31 +1,30 @@
 #!/usr/bin/env python
 """TRUST's result bar under the evaluation protocol (docs/protocol.md): tasks x regulariser x training seed.
 
-Each cell is its own `trust unlearn` process (single-threaded, `--workers` of them side by side) and is
-appended to the committed results file as soon as it finishes, so the bar resumes cell by cell across
-sittings: a cell already in the file for the same task, method, seed and extra flags is not run again.
-Prints mean and 95 % t-interval of every figure per (task, method), and with `--readme` rewrites the
-README's TRUST table from the file. Bars (per task and method, over seeds): mean forget <= 5 % by both
-judges, mean unrecognised <= 10 %, mean unseen retain and unseen look-alike retain within 3 points of the
-original, every run <= 10 minutes. Exit 1 if any bar is missed.
+TRUST's cells are the fair benchmark's own (`trust bench`, methods `trust` and `trust:reg=csr`, the
+tuned defaults of `trust unlearn`): this script runs the missing ones through the bench runner into its
+cells file, so TRUST is measured once, not twice with drifting settings, and resumes cell by cell across
+sittings. It then writes the TRUST slice as `results/result-bar.json`, prints mean and 95 % t-interval of
+every figure per (task, method), and with `--readme` rewrites the README's TRUST table.
+
+Bars (per task and method, over seeds): mean forget <= 5 % by both judges, mean unrecognised <= 10 %,
+mean unseen retain and unseen look-alike retain within 3 points of the original, every run <= 10 minutes.
+A run's seconds here are `run_seconds`: the cell's wall-clock without its attacks, plus the original
+model's evaluation (shared by the bench's cells, which a standalone `trust unlearn` computes itself) --
+an upper bound, since it also holds the bench's checkpoint evaluations. Exit 1 if any bar is missed.
 
 Usage: python scripts/result_bar.py [--seeds 3] [--tasks ...] [--regs cip csr] [--workers 2] [--dev]
-       [--results results/result-bar.json] [--readme] [-- extra unlearn flags]
+       [--attacks none] [--cells results/bench/bench.json] [--readme] [--report-only]
 """
 from __future__ import annotations
 
 import argparse
-import hashlib
-import json
-import os
-import subprocess
 import sys
-import threading
-import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from trust_unlearn.bench.cells import git_commit
+from trust_unlearn.bench.cells import ORIGINAL, CellStore
+from trust_unlearn.bench.report import summarise as bench_summary
+from trust_unlearn.bench.runner import BenchConfig, run_bench
 from trust_unlearn.evaluation.protocol import DEV_TASKS, TEST_TASKS
 from trust_unlearn.evaluation.stats import mean_ci
 from trust_unlearn.utils import write_json
@@ -33,10 +32,12 @@ from trust_unlearn.utils import write_json
 ROOT = Path(__file__).resolve().parent.parent
 FORGET_BAR, UNRECOGNISED_BAR, RETAIN_SLACK, RUN_SECONDS = 0.05, 0.10, 0.03, 600
 README_START, README_END = "<!-- result-bar:start -->", "<!-- result-bar:end -->"
-# the figures aggregated over seeds, in table order: (cell key, column title)
-FIGURES = (("forget", "forget %"), ("forget_geometric", "forget, geometric judge %"), ("unrecognised", "unrecognised %"),
-           ("retain_unseen", "unseen retain %"), ("lookalike_unseen", "unseen look-alike %"),
-           ("retain_seen", "seen retain %"), ("train_seconds", "train s"), ("total_seconds", "total s"))
+# the protocol's fields of a result-bar cell (issue 13), copied from the bench cell
+FIELDS = ("task", "method", "seed", "commit", "source_hash", "settings", "finished", "forget", "forget_before",
+          "forget_geometric", "forget_geometric_before", "unrecognised", "unrecognised_before", "anchor_rate",
+          "judge_disagreements", "retain_seen", "retain_seen_before", "retain_unseen", "retain_unseen_before",
+          "lookalike_seen", "lookalike_seen_before", "lookalike_unseen", "lookalike_unseen_before", "fd_judge",
+          "train_seconds", "steps", "max_steps", "stopped_at", "time_to_target_seconds", "peak_rss_mb", "threads")
 
 
 def method_label(reg: str) -> str:
@@ -44,82 +45,47 @@ def method_label(reg: str) -> str:
     return "trust" if reg == "cip" else f"trust:reg={reg}"
 
 
-def source_hash() -> str:
-    """A digest of the code a TRUST cell depends on: the report flags cells whose code has changed since."""
-    h = hashlib.sha256()
-    for rel in ("methods/trust.py", "methods/base.py", "concept_spec.py", "evaluation/protocol.py", "evaluation/evaluate.py"):
-        h.update((ROOT / "src" / "trust_unlearn" / rel).read_bytes())
-    return h.hexdigest()[:12]
+def _shown(path: Path) -> str:
+    """A path as the README and the results file name it: relative to the repository where it lies inside."""
+    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
 
 
-def cell_key(cell: dict) -> tuple:
-    """What makes two cells the same measurement: task, method, seed and the extra unlearn flags."""
-    return cell["task"], cell["method"], cell["seed"], tuple(cell.get("extra", []))
+def _without_attacks(cell: dict) -> float:
+    return cell["total_seconds"] - sum((cell.get("attack_seconds") or {}).values())
 
 
-def load_cells(path: Path) -> list[dict]:
-    return json.loads(path.read_text())["cells"] if path.exists() else []
+def result_cells(cells: list[dict], tasks: list[str], labels: list[str], seeds: int) -> list[dict]:
+    """The result bar's cells: TRUST's bench cells with the protocol's fields and `run_seconds`."""
+    originals = {c["task"]: c for c in cells if c["method"] == ORIGINAL and "error" not in c}
+    out = []
+    for c in cells:
+        if c["task"] not in tasks or c["method"] not in labels or c["seed"] >= seeds:
+            continue
+        if "error" in c:
+            out.append({k: c.get(k) for k in ("task", "method", "seed", "commit", "error")})
+            continue
+        original = originals.get(c["task"])
+        run = _without_attacks(c) + _without_attacks(original) if original else None
+        out.append({**{k: c.get(k) for k in FIELDS}, "total_seconds": run, "run_seconds": run})
+    return sorted(out, key=lambda c: (tasks.index(c["task"]), labels.index(c["method"]), c["seed"]))
 
 
-def run_cell(task: str, reg: str, seed: int, extra: list[str], out: Path) -> dict:
-    """One `trust unlearn` process, single-threaded; returns its cell."""
-    run = out / f"{'-'.join(task.split())}-{reg}-seed{seed}"
-    cmd = [sys.executable, "-m", "trust_unlearn.cli", "--threads", "1", "unlearn", "--concept", task, "--reg", reg,
-           "--seed", str(seed), "--out", str(run), "--overwrite", "--json", f"{run}.json", *extra]
-    print("$", " ".join(cmd), flush=True)
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    started = time.perf_counter()
-    with open(f"{run}.log", "w") as log:
-        proc = subprocess.run(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
-    total = time.perf_counter() - started
-    if proc.returncode != 0:
-        return {**cell_header(task, reg, seed, extra), "error": f"exit {proc.returncode} (see {run}.log)"}
-    return cell_from_summary(task, reg, seed, extra, json.loads(Path(f"{run}.json").read_text()), total)
-
-
-def cell_header(task: str, reg: str, seed: int, extra: list[str]) -> dict:
-    return {"task": task, "method": method_label(reg), "seed": seed, "extra": extra, "commit": git_commit(),
-            "source_hash": source_hash(), "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-
-
-def cell_from_summary(task: str, reg: str, seed: int, extra: list[str], s: dict, total: float) -> dict:
-    """A results cell from `trust unlearn`'s summary (its --json) and the run's wall-clock seconds."""
-    b, a = s["before"], s["after"]
-    return {
-        **cell_header(task, reg, seed, extra),
-        "forget": a["forget_rate"], "forget_before": b["forget_rate"],
-        "forget_geometric": a.get("forget_rate_geometric"), "forget_geometric_before": b.get("forget_rate_geometric"),
-        "unrecognised": a["unrecognised"], "unrecognised_before": b["unrecognised"],
-        "unrecognised_geometric": a.get("unrecognised_geometric"), "anchor_rate": a["anchor_rate"],
-        "judge_disagreements": a.get("judge_disagreements", {}).get("count"),
-        "retain_seen": a["retain_seen"], "retain_seen_before": b["retain_seen"],
-        "retain_unseen": a["retain_unseen"], "retain_unseen_before": b["retain_unseen"],
-        "lookalike_seen": a["lookalike_seen"], "lookalike_seen_before": b["lookalike_seen"],
-        "lookalike_unseen": a["lookalike_unseen"], "lookalike_unseen_before": b["lookalike_unseen"],
-        "fd_judge": a["fd_judge"], "train_seconds": s["wall_clock_s"], "total_seconds": total,
-        "peak_rss_mb": s["peak_rss_mb"], "steps": s["steps"], "mean_mask": s["mean_mask_size"],
-        "rows": s["n_trainable_rows"], "threads": 1,
-    }
-
-
-def summarise(cells: list[dict], tasks, methods) -> list[dict]:
-    """Per (task, method): mean and 95 % interval of every figure, the original's figures, the bar."""
+def bar_rows(cells: list[dict], tasks: list[str], labels: list[str]) -> list[dict]:
+    """Per (task, method): the bench's mean and 95 % interval of every figure, and the bars missed."""
+    summary = bench_summary(cells)["tasks"]
     rows = []
     for task in tasks:
-        for method in methods:
-            group = [c for c in cells if c["task"] == task and c["method"] == method and "error" not in c]
-            errors = [c for c in cells if c["task"] == task and c["method"] == method and "error" in c]
-            if not group:
-                if errors:
-                    rows.append({"task": task, "method": method, "errors": len(errors), "n": 0})
+        for label in labels:
+            row = (summary.get(task) or {}).get("methods", {}).get(label)
+            if row is None:
                 continue
-            row = {"task": task, "method": method, "n": len(group), "errors": len(errors),
-                   "seeds": sorted(c["seed"] for c in group), "commits": sorted({c["commit"] for c in group}),
-                   "source_hashes": sorted({c["source_hash"] for c in group})}
-            for key, _ in FIGURES:
-                row[key] = mean_ci([c.get(key) for c in group])
-            for key in ("retain_unseen", "lookalike_unseen", "forget", "forget_geometric", "retain_seen"):
-                row[f"{key}_before"] = group[0].get(f"{key}_before")  # the original: the same images in every cell
+            group = [c for c in cells if c["task"] == task and c["method"] == label and "error" not in c]
+            row = {**row, "task": task, "method": label, "n": len(group),
+                   "run_seconds": mean_ci([c["run_seconds"] for c in group])}
+            if not group:
+                row["missed"] = ["errors"]
+                rows.append(row)
+                continue
             bars = {
                 "forget": row["forget"]["mean"] <= FORGET_BAR,
                 "forget_geometric": row["forget_geometric"] is None or row["forget_geometric"]["mean"] <= FORGET_BAR,
@@ -127,9 +93,9 @@ def summarise(cells: list[dict], tasks, methods) -> list[dict]:
                 "retain_unseen": row["retain_unseen"]["mean"] >= row["retain_unseen_before"] - RETAIN_SLACK,
                 "lookalike_unseen": row["lookalike_unseen"] is None
                 or row["lookalike_unseen"]["mean"] >= row["lookalike_unseen_before"] - RETAIN_SLACK,
-                "time": max(c["total_seconds"] for c in group) <= RUN_SECONDS,
+                "time": all(c["run_seconds"] is not None and c["run_seconds"] <= RUN_SECONDS for c in group),
             }
-            row["missed"] = [k for k, ok in bars.items() if not ok] + (["errors"] if errors else [])
+            row["missed"] = [k for k, ok in bars.items() if not ok] + (["errors"] if row["errors"] else [])
             rows.append(row)
     return rows
 
@@ -137,8 +103,7 @@ def summarise(cells: list[dict], tasks, methods) -> list[dict]:
 def _fmt(ci: dict | None, pct: bool = True, before: float | None = None) -> str:
     if ci is None:
         return "-"
-    k = 100 if pct else 1
-    digits = 1 if pct else 0
+    k, digits = (100, 1) if pct else (1, 0)
     text = f"{k * ci['mean']:.{digits}f}"
     if ci["n"] > 1:
         text += f" [{k * ci['low']:.{digits}f}, {k * ci['high']:.{digits}f}]"
@@ -147,7 +112,7 @@ def _fmt(ci: dict | None, pct: bool = True, before: float | None = None) -> str:
 
 def markdown(rows: list[dict]) -> str:
     head = ("| task | method | seeds | forget % | forget, geometric % | unrecognised % | unseen retain % "
-            "| unseen look-alike % | seen retain % | train s | total s | bar |")
+            "| unseen look-alike % | seen retain % | train s | run s | bar |")
     lines = [head, "|" + "---|" * 12]
     for r in rows:
         if not r["n"]:
@@ -160,19 +125,20 @@ def markdown(rows: list[dict]) -> str:
             f"| {_fmt(r['retain_unseen'], before=r['retain_unseen_before'])} "
             f"| {_fmt(r['lookalike_unseen'], before=r['lookalike_unseen_before'])} "
             f"| {_fmt(r['retain_seen'], before=r['retain_seen_before'])} | {_fmt(r['train_seconds'], False)} "
-            f"| {_fmt(r['total_seconds'], False)} | {bar} |")
+            f"| {_fmt(r['run_seconds'], False)} | {bar} |")
     return "\n".join(lines)
 
 
-def write_readme(table: str, rows: list[dict]) -> None:
+def write_readme(table: str, rows: list[dict], results: Path) -> None:
     readme = ROOT / "README.md"
     text = readme.read_text()
-    if README_START not in text:
+    if README_START not in text or README_END not in text:
         raise SystemExit(f"README.md has no {README_START} ... {README_END} block to fill")
-    commits = sorted({c for r in rows for c in r.get("commits", [])})
-    note = (f"Generated by `python scripts/result_bar.py --readme` from `results/result-bar.json` "
-            f"(commits {', '.join(c[:10] for c in commits)}): mean over training seeds [95 % t-interval]; "
-            "\"a → b\" is the original model → the unlearned one.")
+    commits = sorted({c[:10] for r in rows for c in r.get("commits", [])})
+    note = (f"Generated by `python scripts/result_bar.py --readme` from `{_shown(results)}` "
+            f"(commits {', '.join(commits) or '-'}): mean over training seeds [95 % t-interval]; \"a → b\" is the "
+            "original model → the unlearned one; run s = the run without attacks, an upper bound of a standalone "
+            "`trust unlearn` (scripts/result_bar.py).")
     a, b = text.index(README_START) + len(README_START), text.index(README_END)
     readme.write_text(text[:a] + "\n" + note + "\n\n" + table + "\n" + text[b:])
 
@@ -184,46 +150,36 @@ def main() -> int:
     parser.add_argument("--dev", action="store_true", help="the protocol's dev tasks (for tuning) instead")
     parser.add_argument("--regs", nargs="+", default=["cip", "csr"])
     parser.add_argument("--workers", type=int, default=2, help="single-threaded runs side by side (one per core)")
-    parser.add_argument("--results", default=None, help="cells file (default results/result-bar.json, "
-                                                          "results/result-bar-dev.json with --dev)")
-    parser.add_argument("--out", default="runs/result-bar", help="run folders")
+    parser.add_argument("--attacks", nargs="+", default=None,
+                        help="attacks on seed 0 (default: the bench's, so the cells are the bench's own); 'none'")
+    parser.add_argument("--cells", default=None, help="the bench cells file (default results/bench/bench.json, "
+                                                      "results/bench/dev.json with --dev)")
+    parser.add_argument("--results", default=None, help="the result bar's file (default results/result-bar.json, "
+                                                        "results/result-bar-dev.json with --dev)")
+    parser.add_argument("--out", default="runs/bench", help="run folders")
     parser.add_argument("--readme", action="store_true", help="rewrite README's TRUST table from the results file")
-    parser.add_argument("--report-only", action="store_true", help="run nothing: summarise the results file")
-    args, extra = parser.parse_known_args()
-    extra = [a for a in extra if a != "--"]
+    parser.add_argument("--report-only", action="store_true", help="run nothing: summarise the cells file")
+    args = parser.parse_args()
     tasks = args.tasks or list(DEV_TASKS if args.dev else TEST_TASKS)
     if not args.dev and set(tasks) & set(DEV_TASKS) or args.dev and set(tasks) & set(TEST_TASKS):
         raise SystemExit("mixing dev and test tasks in one results file: use --dev for dev tasks only")
+    cells_path = ROOT / (args.cells or ("results/bench/dev.json" if args.dev else "results/bench/bench.json"))
     results = ROOT / (args.results or ("results/result-bar-dev.json" if args.dev else "results/result-bar.json"))
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    cells = load_cells(results)
-    done = {cell_key(c) for c in cells if "error" not in c}
-    todo = [(t, r, s) for s in range(args.seeds) for t in tasks for r in args.regs
-            if (t, method_label(r), s, tuple(extra)) not in done]
-    if not args.report_only and todo:
-        print(f"{len(todo)} cells to run ({len(done)} in {results.name} already), {args.workers} at a time", flush=True)
-        lock = threading.Lock()
-
-        def one(job):
-            cell = run_cell(*job, extra, out)
-            with lock:
-                kept = [c for c in load_cells(results) if cell_key(c) != cell_key(cell)]
-                write_json(results, {"protocol": "docs/protocol.md", "cells": kept + [cell]})
-            print(f"[result-bar] {cell['task']} / {cell['method']} / seed {cell['seed']}: "
-                  + (cell.get("error") or f"forget {cell['forget']:.1%}, unseen retain {cell['retain_unseen_before']:.1%} → "
-                     f"{cell['retain_unseen']:.1%}, {cell['total_seconds']:.0f} s"), flush=True)
-
-        with ThreadPoolExecutor(args.workers) as pool:
-            list(pool.map(one, todo))
-    cells = [c for c in load_cells(results) if tuple(c.get("extra", [])) == tuple(extra)]
-    rows = summarise(cells, tasks, [method_label(r) for r in args.regs])
+    labels = [method_label(r) for r in args.regs]
+    if not args.report_only:
+        cfg = BenchConfig(methods=labels, tasks=tasks, seeds=args.seeds, workers=args.workers, results=str(cells_path),
+                          out=args.out)
+        if args.attacks is not None:
+            cfg.attacks = [] if [a.lower() for a in args.attacks] == ["none"] else args.attacks
+        run_bench(cfg)
+    cells = result_cells(CellStore(cells_path).cells(), tasks, labels, args.seeds)
+    write_json(results, {"protocol": "docs/protocol.md", "source": _shown(cells_path), "cells": cells})
+    rows = bar_rows(cells, tasks, labels)
     table = markdown(rows)
     print("\n" + table)
-    (out / "result_bar.md").write_text(table + "\n")
     if args.readme:
-        write_readme(table, rows)
-    return 1 if any(r.get("missed", True) for r in rows) or len(rows) < len(tasks) * len(args.regs) else 0
+        write_readme(table, rows, results)
+    return 1 if any(r["missed"] for r in rows) or len(rows) < len(tasks) * len(labels) else 0
 
 
 if __name__ == "__main__":

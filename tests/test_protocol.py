@@ -124,13 +124,21 @@ def test_result_bar_aggregates_seeds_and_flags_misses():
     base = {"task": "red circle", "method": "trust", "commit": "abc", "source_hash": "h", "forget_before": 1.0,
             "forget_geometric_before": 1.0, "retain_unseen_before": 0.95, "lookalike_unseen_before": 0.95,
             "retain_seen_before": 0.95, "unrecognised": 0.02, "retain_seen": 0.95, "train_seconds": 200.0,
-            "total_seconds": 400.0, "forget_geometric": 0.01}
-    cells = [{**base, "seed": s, "forget": f, "retain_unseen": r, "lookalike_unseen": la}
-             for s, f, r, la in ((0, 0.0, 0.94, 0.90), (1, 0.02, 0.95, 0.91), (2, 0.01, 0.93, 0.89))]
-    [row] = rb.summarise(cells, ["red circle"], ["trust"])
+            "total_seconds": 700.0, "attack_seconds": {"p4d": 400.0}, "forget_geometric": 0.01}
+    bench = [{**base, "seed": s, "forget": f, "retain_unseen": r, "lookalike_unseen": la}
+             for s, f, r, la in ((0, 0.0, 0.94, 0.90), (1, 0.02, 0.95, 0.91), (2, 0.01, 0.93, 0.89), (3, 0.5, 0.5, 0.5))]
+    bench += [{**base, "method": "esd-x", "seed": 0, "forget": 1.0, "retain_unseen": 0.9, "lookalike_unseen": 0.9},
+              {"task": "red circle", "method": "original", "seed": 0, "commit": "abc", "total_seconds": 900.0,
+               "attack_seconds": {"p4d": 700.0}}]
+    cells = rb.result_cells(bench, ["red circle"], ["trust"], seeds=3)
+    assert [c["seed"] for c in cells] == [0, 1, 2]  # other methods, the original and seeds >= 3 left out
+    assert cells[0]["run_seconds"] == 300.0 + 200.0  # without attacks, plus the original's shared evaluation
+    [row] = rb.bar_rows(cells, ["red circle"], ["trust"])
     assert row["n"] == 3 and row["forget"]["mean"] == pytest.approx(0.01)
     assert row["missed"] == ["lookalike_unseen"]  # 95 -> 90 %: more than 3 points
     assert "MISSED: lookalike_unseen" in rb.markdown([row])
+    slow = [{**c, "run_seconds": 601.0} for c in cells]
+    assert rb.bar_rows(slow, ["red circle"], ["trust"])[0]["missed"] == ["lookalike_unseen", "time"]
     assert rb.method_label("csr") == "trust:reg=csr" and rb.method_label("cip") == "trust"
 
 
