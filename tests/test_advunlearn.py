@@ -135,3 +135,21 @@ def test_each_inner_step_draws_its_own_x_t_of_the_attack_batch(tiny_model_dir):
     m.xt = lambda batch=None, source=None: calls.append((batch, source)) or draw(batch, source)
     m.attack(m.initial_adv())
     assert calls == [(2, "cache")] * 3
+
+
+def test_the_evaluation_image_cache_tells_a_trained_text_encoder_apart(tiny_model_dir, tmp_path, monkeypatch):
+    """The evaluation caches images by a fingerprint of the model's weights. It once digested the UNet alone, so a
+    text-encoder method (AdvUnlearn) was graded on the original model's cached images."""
+    from trust_unlearn.evaluation.evaluate import PromptSet, cached_generate, model_fingerprint
+    from trust_unlearn.pipeline import load_model
+
+    monkeypatch.setenv("TRUST_CACHE", str(tmp_path))
+    original, trained = load_model(str(tiny_model_dir)), load_model(str(tiny_model_dir))
+    assert model_fingerprint(original) == model_fingerprint(trained)
+    with torch.no_grad():
+        trained.pipe.text_encoder.get_input_embeddings().weight.mul_(-1.0)
+    assert model_fingerprint(original) != model_fingerprint(trained)
+    prompts = PromptSet(["a red circle"], [None], [0])
+    before = cached_generate(original, prompts, 2, 1.0, "original")
+    after = cached_generate(trained, prompts, 2, 1.0, "trained")
+    assert not torch.equal(before, after)

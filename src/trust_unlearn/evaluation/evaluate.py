@@ -76,11 +76,14 @@ def _cache_dir() -> Path:
 
 
 def model_fingerprint(model: LoadedModel) -> str:
-    """A digest of every UNet weight: any change (one row of one projection) gives a new key."""
+    """A digest of every weight a method may train -- the UNet's and the text encoders' (AdvUnlearn trains the
+    text encoder): any change (one row of one projection) gives a new key."""
     h = hashlib.sha256()
-    for name, tensor in model.pipe.unet.state_dict().items():
-        h.update(name.encode())
-        h.update(tensor.detach().float().cpu().numpy().tobytes())
+    for part in ("unet", "text_encoder", "text_encoder_2"):
+        module = getattr(model.pipe, part, None)
+        for name, tensor in (module.state_dict().items() if module is not None else ()):
+            h.update(f"{part}.{name}".encode())
+            h.update(tensor.detach().float().cpu().numpy().tobytes())
     return h.hexdigest()[:16]
 
 
