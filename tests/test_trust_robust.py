@@ -73,19 +73,6 @@ def test_bad_options_give_one_clear_error(options, says):
     RobustConfig(**{k: v for k, v in options.items() if k in ("in_saliency",)}).validate()  # one switch alone is fine
 
 
-def test_neighbour_init_starts_the_attack_at_the_concepts_nearest_words(tiny_model_dir, tiny_clip_dir):
-    method, ctx = build(tiny_model_dir, tiny_clip_dir, attack_init="neighbours", neighbours=5, attack_batch=4)
-    words = method.text.words(method.starts)
-    assert len(words) == 5 and {"red", "circle"} <= set(words)  # a word is its own nearest neighbour
-    assert set(method.starts.tolist()) <= set(method.vocab.tolist())
-    log = method.inner_attack()  # it runs from there, and still attacks
-    assert log["attack_loss"] <= log["attack_loss_init"]
-    random_start, _ = build(tiny_model_dir, tiny_clip_dir)
-    assert torch.equal(random_start.starts, random_start.vocab)
-    with pytest.raises(UserError, match="attack_init must be one of random, neighbours"):
-        RobustConfig(attack_init="nearest").validate()
-
-
 def test_engine_refuses_too_many_adversarial_tokens(tiny_run_config):
     with pytest.raises(UserError, match="no room for the prompt"):  # the tiny tokenizer holds 8 tokens
         run_unlearn(tiny_run_config(method="trust-robust", method_args={**FAST, "adv_tokens": 6}))

@@ -25,16 +25,11 @@ from trust_unlearn.methods.base import RunContext, gradients
 from trust_unlearn.methods.trust import Trust, TrustConfig
 
 
-ATTACK_INITS = ("random", "neighbours")
-
-
 @dataclass
 class RobustConfig(TrustConfig):
     attack_every: int = 10  # run the inner attack every k steps (and at step 0)
     attack_steps: int = 5  # signed-gradient steps per inner attack
     attack_lr: float = 0.25  # step size, in units of the token-embedding table's std (scale-free across models)
-    attack_init: str = "random"  # where each delta token starts: random whole words | neighbours of the concept's
-    neighbours: int = 32  # with attack_init=neighbours: the whole words nearest the concept's tokens to start from
     adv_tokens: int = 3  # free token embeddings appended to the target prompt
     attack_batch: int = 2  # (concept image, target prompt) pairs attacked each time, one delta each
     bank_size: int = 4  # attacks whose adversarial states are kept (the last ones)
@@ -49,10 +44,6 @@ class RobustConfig(TrustConfig):
                if getattr(self, name) < 1]
         if not self.attack_lr > 0:
             bad.append(f"attack_lr must be positive, not {self.attack_lr}")
-        if self.attack_init not in ATTACK_INITS:
-            bad.append(f"attack_init must be one of {', '.join(ATTACK_INITS)}, not {self.attack_init!r}")
-        if self.neighbours < 1:
-            bad.append(f"neighbours must be >= 1, not {self.neighbours}")
         if self.adv_weight < 0:
             bad.append(f"adv_weight must be >= 0, not {self.adv_weight}")
         if not (self.in_saliency or self.in_loss):
@@ -78,7 +69,6 @@ class TrustRobust(Trust):
             raise UserError(f"trust-robust: adv_tokens={cfg.adv_tokens} leaves no room for the prompt in the "
                             f"tokenizer's {self.text.max_length} tokens; lower adv_tokens")
         self.vocab = self.text.allowed()  # whole-word tokens: where each delta starts
-        self.starts = self.vocab if cfg.attack_init == "random" else self.concept_neighbours(ctx.spec.name, cfg.neighbours)
         self.slots = [self._slots(p, room) for p in ctx.spec.targets]  # (ids, mask, positions) per target prompt
         self.bank: list[tuple[torch.Tensor, torch.Tensor]] = []  # (adversarial text states, target_latents rows)
         self.adv_forget: torch.Tensor | None = None
@@ -88,18 +78,6 @@ class TrustRobust(Trust):
         ids, mask = self.text.ids_from_tokens([body + [int(self.vocab[0])] * self.cfg.adv_tokens])
         start = len(self.text.prefix_ids) + len(body)
         return ids, mask, list(range(start, start + self.cfg.adv_tokens))
-
-    def concept_neighbours(self, concept: str, k: int) -> torch.Tensor:
-        """The k whole-word tokens whose input embeddings lie nearest (cosine) any token of the concept's name,
-        the concept's own words included: where the white-box attacks found their way back (docs/method.md)."""
-        ids = self.text.tokenizer(concept, add_special_tokens=False).input_ids
-        if not ids:
-            raise UserError(f"trust-robust: the concept name {concept!r} has no tokens to take neighbours of; "
-                            "use attack_init=random")
-        table = self.text.embedding.weight.detach()
-        words = torch.nn.functional.normalize(table[self.vocab.to(table.device)], dim=1)
-        near = (words @ torch.nn.functional.normalize(table[ids], dim=1).T).amax(dim=1)
-        return self.vocab[near.topk(min(k, len(self.vocab))).indices.cpu()]
 
     def adversarial_states(self, target_ids: list[int], delta: torch.Tensor) -> torch.Tensor:
         """Text states of "target prompt + delta" (delta: (B, adv_tokens, d) token embeddings), differentiable."""
@@ -116,8 +94,8 @@ class TrustRobust(Trust):
         ctx, cfg = self.ctx, self.cfg
         rows, z_t, t, noise = ctx._draw(ctx.target_latents, cfg.attack_batch)
         target_ids = ctx.target_idx[rows].tolist()
-        starts = ctx.shard(self.starts[torch.randint(0, len(self.starts), (cfg.attack_batch, cfg.adv_tokens),
-                                                     generator=ctx.rng)])
+        starts = ctx.shard(self.vocab[torch.randint(0, len(self.vocab), (cfg.attack_batch, cfg.adv_tokens),
+                                                    generator=ctx.rng)])
         table = self.text.embedding.weight.detach()
         step = cfg.attack_lr * float(table.std())
 
