@@ -257,3 +257,23 @@ def test_an_original_cell_goes_stale_with_the_evaluation_not_the_training_engine
     assert cells_mod.source_hash("original") == original and cells_mod.source_hash("trust") != trained
     monkeypatch.setattr(cells_mod, "EVALUATION_FILES", cells_mod.EVALUATION_FILES[:-1])  # and the evaluation
     assert cells_mod.source_hash("original") != original
+
+
+def test_figure_neutral_edits_name_a_reachable_version():
+    """A declared figure-neutral edit is read as the version at its commit: that commit must be in the history
+    (a rebase that orphans it would silently mark every cell stale)."""
+    import shutil
+    import subprocess
+
+    from trust_unlearn.bench.cells import FIGURE_NEUTRAL_EDITS, ROOT
+
+    if shutil.which("git") is None or not (ROOT / ".git").exists():
+        pytest.skip("no git checkout")
+    shallow = subprocess.run(["git", "rev-parse", "--is-shallow-repository"], cwd=ROOT, capture_output=True, text=True)
+    if shallow.stdout.strip() == "true":
+        pytest.skip("a shallow clone holds no history to check")
+    for (rel, _), commit in FIGURE_NEUTRAL_EDITS.items():
+        shown = subprocess.run(["git", "show", f"{commit}:src/trust_unlearn/{rel}"], cwd=ROOT, capture_output=True)
+        assert shown.returncode == 0 and shown.stdout, f"{rel} at {commit} is not in this repository's history"
+        merged = subprocess.run(["git", "merge-base", "--is-ancestor", commit, "HEAD"], cwd=ROOT)
+        assert merged.returncode == 0, f"{commit} is not an ancestor of HEAD"
