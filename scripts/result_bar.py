@@ -9,9 +9,9 @@ every figure per (task, method), and with `--readme` rewrites the README's TRUST
 
 Bars (per task and method, over seeds): mean forget <= 5 % by both judges, mean unrecognised <= 10 %,
 mean unseen retain and unseen look-alike retain within 3 points of the original, every run <= 10 minutes.
-A run's seconds here are `run_seconds`: the cell's wall-clock without its attacks, plus the original
-model's evaluation (shared by the bench's cells, which a standalone `trust unlearn` computes itself) --
-an upper bound, since it also holds the bench's checkpoint evaluations. Exit 1 if any bar is missed.
+A run's seconds here (a result-bar cell's `total_seconds`) are the bench cell's wall-clock without its
+attacks, plus the original model's evaluation (shared by the bench's cells, which a standalone `trust unlearn`
+computes itself) -- an upper bound, since it also holds the bench's checkpoint evaluations. Exit 1 if any bar is missed.
 
 Usage: python scripts/result_bar.py [--seeds 3] [--tasks ...] [--regs cip csr] [--workers 2] [--dev]
        [--attacks none] [--cells results/bench/bench.json] [--readme] [--report-only]
@@ -23,14 +23,15 @@ import sys
 from pathlib import Path
 
 from trust_unlearn.bench.cells import ORIGINAL, CellStore
+from trust_unlearn.bench.report import protocol_misses
 from trust_unlearn.bench.report import summarise as bench_summary
 from trust_unlearn.bench.runner import BenchConfig, run_bench
 from trust_unlearn.evaluation.protocol import DEV_TASKS, TEST_TASKS
-from trust_unlearn.evaluation.stats import mean_ci
 from trust_unlearn.utils import write_json
 
 ROOT = Path(__file__).resolve().parent.parent
-FORGET_BAR, UNRECOGNISED_BAR, RETAIN_SLACK, RUN_SECONDS = 0.05, 0.10, 0.03, 600
+UNRECOGNISED_BAR, RUN_SECONDS = 0.10, 600  # beside the bench's protocol bars (bench.report.protocol_misses)
+BARS = ("forget", "forget_geometric", "unrecognised", "retain_unseen", "lookalike_unseen", "time")  # table order
 README_START, README_END = "<!-- result-bar:start -->", "<!-- result-bar:end -->"
 # the protocol's fields of a result-bar cell (issue 13), copied from the bench cell
 FIELDS = ("task", "method", "seed", "commit", "source_hash", "settings", "finished", "forget", "forget_before",
@@ -55,7 +56,7 @@ def _without_attacks(cell: dict) -> float:
 
 
 def result_cells(cells: list[dict], tasks: list[str], labels: list[str], seeds: int) -> list[dict]:
-    """The result bar's cells: TRUST's bench cells with the protocol's fields and `run_seconds`."""
+    """The result bar's cells: TRUST's bench cells with the protocol's fields, `total_seconds` being the run's."""
     originals = {c["task"]: c for c in cells if c["method"] == ORIGINAL and "error" not in c}
     out = []
     for c in cells:
@@ -66,7 +67,7 @@ def result_cells(cells: list[dict], tasks: list[str], labels: list[str], seeds: 
             continue
         original = originals.get(c["task"])
         run = _without_attacks(c) + _without_attacks(original) if original else None
-        out.append({**{k: c.get(k) for k in FIELDS}, "total_seconds": run, "run_seconds": run})
+        out.append({**{k: c.get(k) for k in FIELDS}, "total_seconds": run})
     return sorted(out, key=lambda c: (tasks.index(c["task"]), labels.index(c["method"]), c["seed"]))
 
 
@@ -80,22 +81,17 @@ def bar_rows(cells: list[dict], tasks: list[str], labels: list[str]) -> list[dic
             if row is None:
                 continue
             group = [c for c in cells if c["task"] == task and c["method"] == label and "error" not in c]
-            row = {**row, "task": task, "method": label, "n": len(group),
-                   "run_seconds": mean_ci([c["run_seconds"] for c in group])}
+            row = {**row, "task": task, "method": label, "n": len(group)}
             if not group:
                 row["missed"] = ["errors"]
                 rows.append(row)
                 continue
-            bars = {
-                "forget": row["forget"]["mean"] <= FORGET_BAR,
-                "forget_geometric": row["forget_geometric"] is None or row["forget_geometric"]["mean"] <= FORGET_BAR,
-                "unrecognised": row["unrecognised"]["mean"] <= UNRECOGNISED_BAR,
-                "retain_unseen": row["retain_unseen"]["mean"] >= row["retain_unseen_before"] - RETAIN_SLACK,
-                "lookalike_unseen": row["lookalike_unseen"] is None
-                or row["lookalike_unseen"]["mean"] >= row["lookalike_unseen_before"] - RETAIN_SLACK,
-                "time": all(c["run_seconds"] is not None and c["run_seconds"] <= RUN_SECONDS for c in group),
-            }
-            row["missed"] = [k for k, ok in bars.items() if not ok] + (["errors"] if row["errors"] else [])
+            missed = set(protocol_misses(row))
+            if row["unrecognised"]["mean"] > UNRECOGNISED_BAR:
+                missed.add("unrecognised")
+            if not all(c["total_seconds"] is not None and c["total_seconds"] <= RUN_SECONDS for c in group):
+                missed.add("time")
+            row["missed"] = [b for b in BARS if b in missed] + (["errors"] if row["errors"] else [])
             rows.append(row)
     return rows
 
@@ -125,7 +121,7 @@ def markdown(rows: list[dict]) -> str:
             f"| {_fmt(r['retain_unseen'], before=r['retain_unseen_before'])} "
             f"| {_fmt(r['lookalike_unseen'], before=r['lookalike_unseen_before'])} "
             f"| {_fmt(r['retain_seen'], before=r['retain_seen_before'])} | {_fmt(r['train_seconds'], False)} "
-            f"| {_fmt(r['run_seconds'], False)} | {bar} |")
+            f"| {_fmt(r['total_seconds'], False)} | {bar} |")
     return "\n".join(lines)
 
 

@@ -132,12 +132,12 @@ def test_result_bar_aggregates_seeds_and_flags_misses():
                "attack_seconds": {"p4d": 700.0}}]
     cells = rb.result_cells(bench, ["red circle"], ["trust"], seeds=3)
     assert [c["seed"] for c in cells] == [0, 1, 2]  # other methods, the original and seeds >= 3 left out
-    assert cells[0]["run_seconds"] == 300.0 + 200.0  # without attacks, plus the original's shared evaluation
+    assert cells[0]["total_seconds"] == 300.0 + 200.0  # without attacks, plus the original's shared evaluation
     [row] = rb.bar_rows(cells, ["red circle"], ["trust"])
     assert row["n"] == 3 and row["forget"]["mean"] == pytest.approx(0.01)
     assert row["missed"] == ["lookalike_unseen"]  # 95 -> 90 %: more than 3 points
     assert "MISSED: lookalike_unseen" in rb.markdown([row])
-    slow = [{**c, "run_seconds": 601.0} for c in cells]
+    slow = [{**c, "total_seconds": 601.0} for c in cells]
     assert rb.bar_rows(slow, ["red circle"], ["trust"])[0]["missed"] == ["lookalike_unseen", "time"]
     assert rb.method_label("csr") == "trust:reg=csr" and rb.method_label("cip") == "trust"
 
