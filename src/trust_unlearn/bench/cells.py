@@ -13,6 +13,7 @@ changed since.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import inspect
 import json
@@ -61,14 +62,18 @@ FIGURE_NEUTRAL_EDITS = {
 }
 
 
+@functools.lru_cache(maxsize=None)
+def _version_at(commit: str, path: str) -> bytes | None:
+    """A file as it was at a commit (None without git or that commit); asked once per process, not per cell."""
+    old = subprocess.run(["git", "show", f"{commit}:{path}"], cwd=ROOT, capture_output=True)
+    return old.stdout if old.returncode == 0 else None
+
+
 def _read_as_declared(path: Path) -> bytes:
     data = path.read_bytes()
-    rel = path.relative_to(PACKAGE).as_posix()
-    commit = FIGURE_NEUTRAL_EDITS.get((rel, hashlib.sha256(data).hexdigest()[:12]))
-    if commit is None:
-        return data
-    old = subprocess.run(["git", "show", f"{commit}:{path.relative_to(ROOT).as_posix()}"], cwd=ROOT, capture_output=True)
-    return old.stdout if old.returncode == 0 else data
+    commit = FIGURE_NEUTRAL_EDITS.get((path.relative_to(PACKAGE).as_posix(), hashlib.sha256(data).hexdigest()[:12]))
+    old = _version_at(commit, path.relative_to(ROOT).as_posix()) if commit else None
+    return data if old is None else old
 
 
 def _digest(paths) -> str:
