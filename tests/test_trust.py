@@ -8,7 +8,7 @@ from safetensors.torch import load_file
 
 from trust_unlearn.errors import UserError
 from trust_unlearn.methods.trust import cip_penalty, csr_penalty
-from trust_unlearn.neurons import concept_neuron_masks, zscore_mask
+from trust_unlearn.neurons import concept_neuron_masks, contrastive_neuron_masks, zscore_mask
 from trust_unlearn.unlearn import run_unlearn
 
 
@@ -46,6 +46,17 @@ def test_zscore_selection_on_hand_made_saliency():
     assert not zscore_mask(torch.ones(5), 0.0).any()  # no spread: nothing stands out
     grads = {"w": torch.tensor([[1.0, -1.0], [0.0, 0.0], [0.0, 0.0], [0.0, 0.0], [0.0, 0.0], [0.1, 0.1]])}
     assert concept_neuron_masks(grads, 1.5)["w"].tolist() == [True, False, False, False, False, False]
+
+
+def test_contrast_drops_rows_the_retain_prompts_need_as_much():
+    # rows 0 and 1 stand out for the target; row 0 stands out as much for the retain prompts (a "red in
+    # general" row), row 1 only for the target (a "red circle" row). Scales differ 100x between the two.
+    target = {"w": torch.tensor([[9.0], [9.0]] + [[1.0]] * 8)}
+    retain = {"w": torch.tensor([[900.0], [100.0]] + [[100.0]] * 8)}
+    assert concept_neuron_masks(target, 0.5)["w"][:2].tolist() == [True, True]
+    mask = contrastive_neuron_masks(target, retain, 1.0, 0.5)["w"]
+    assert mask.tolist() == [False, True] + [False] * 8
+    assert torch.equal(contrastive_neuron_masks(target, retain, 0.0, 0.5)["w"], concept_neuron_masks(target, 0.5)["w"])
 
 
 def test_cip_gradient_equals_closed_form():
@@ -167,6 +178,7 @@ def test_resume_gives_the_same_weights(tiny_run_config, tmp_path):
     ({"anchor": "a red circle"}, "anchor equals target"),
     ({"method_args": {"xi": 50.0}}, "selects no concept neuron"),
     ({"method_args": {"reg": "l2"}}, "unknown regulariser"),
+    ({"method_args": {"contrast": -1.0}}, "contrast must be >= 0"),
     ({"method": "magic"}, "unknown method"),
 ])
 def test_bad_inputs_give_one_clear_error(tiny_run_config, tiny_model_dir, overrides, says):

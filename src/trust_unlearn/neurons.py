@@ -39,6 +39,18 @@ def concept_neuron_masks(grads: dict[str, torch.Tensor], xi: float) -> Mask:
     return {name: zscore_mask(neuron_saliency(g), xi) for name, g in grads.items()}
 
 
+def contrastive_neuron_masks(target: dict[str, torch.Tensor], retain: dict[str, torch.Tensor], weight: float,
+                             xi: float) -> Mask:
+    """Rows salient for the target *beyond* the retain prompts: per layer, z-score of
+    s_t / mean(s_t) - weight * s_r / mean(s_r) (each saliency relative to its layer's mean, so the two
+    alignment scores' scales do not matter). A row every prompt leans on (colour, shape in general) cancels."""
+    def relative(g):
+        s = neuron_saliency(g)
+        mean = s.mean()
+        return s / mean if mean > 0 else s
+    return {name: zscore_mask(relative(g) - weight * relative(retain[name]), xi) for name, g in target.items()}
+
+
 def mask_size(mask: Mask) -> int:
     return int(sum(int(m.sum()) for m in mask.values()))
 

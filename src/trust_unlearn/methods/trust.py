@@ -21,7 +21,8 @@ from trust_unlearn.errors import UserError
 from trust_unlearn.methods import register_method
 from trust_unlearn.evaluation.protocol import run_rng_seed
 from trust_unlearn.methods.base import RunContext, gradients
-from trust_unlearn.neurons import Mask, concept_neuron_masks, cross_attention_parameters, jaccard, mask_size
+from trust_unlearn.neurons import (Mask, concept_neuron_masks, contrastive_neuron_masks, cross_attention_parameters,
+                                  jaccard, mask_size)
 
 REGULARISERS = ("cip", "csr", "none")
 OBJECTIVES = ("guided", "conditional")
@@ -46,6 +47,10 @@ class TrustConfig:
     # Jaccard of the two masks (log: jaccard_floor) is the estimate's noise floor under the step-to-step
     # drift (jaccard_prev). Costs one more saliency estimate per measured refresh; 0 = never.
     noise_floor_every: int = 0
+    # concept neurons for combinations and contexts: subtract this share of the retain prompts' saliency (one
+    # more saliency estimate per refresh) before the z-score, so rows that serve "red" or "circle" in general
+    # are left alone (neurons.contrastive_neuron_masks); 0 = plain TRUST
+    contrast: float = 0.0
 
     def validate(self) -> "TrustConfig":
         if self.reg not in REGULARISERS:
@@ -56,6 +61,8 @@ class TrustConfig:
             raise UserError("need mask_every >= 0 and 1 <= backprop_depth <= saliency_steps")
         if self.noise_floor_every < 0:
             raise UserError(f"noise_floor_every must be >= 0 (0: never), not {self.noise_floor_every}")
+        if self.contrast < 0:
+            raise UserError(f"contrast must be >= 0 (0: plain TRUST), not {self.contrast}")
         return self
 
 
@@ -97,6 +104,9 @@ class Trust:
         self.mask: Mask | None = None
         self.saliency_grads: dict[str, torch.Tensor] | None = None
         self.floor_rng = torch.Generator().manual_seed(run_rng_seed(ctx.common.seed, stream=1))
+        if cfg.contrast and not ctx.spec.retains:
+            raise UserError("contrast > 0 subtracts the retain prompts' saliency, but the concept has no retain "
+                            "prompts; give --retain prompts (or a concept file with retains), or set contrast=0")
 
     def trainable(self) -> dict[str, torch.nn.Parameter]:
         return self.params
@@ -104,10 +114,14 @@ class Trust:
     # ------------------------------------------------------------------ saliency
     def saliency_gradients(self) -> dict[str, torch.Tensor]:
         """g = dA/d theta_CA, A = alignment of images generated for target prompts with those prompts."""
+        return self.alignment_gradients(self.ctx.spec.targets)
+
+    def alignment_gradients(self, pool: list[str]) -> dict[str, torch.Tensor]:
+        """dA/d theta_CA for `saliency_batch` prompts drawn from `pool`, each scored against its own prompt."""
         ctx, cfg = self.ctx, self.cfg
-        picks = torch.randint(0, len(ctx.spec.targets), (cfg.saliency_batch,), generator=ctx.rng).tolist()
+        picks = torch.randint(0, len(pool), (cfg.saliency_batch,), generator=ctx.rng).tolist()
         noise = self.saliency_noise(len(picks))
-        prompts = [ctx.spec.targets[i] for i in ctx.shard(picks)]
+        prompts = [pool[i] for i in ctx.shard(picks)]
         cond = torch.cat([ctx.uncond.expand(len(prompts), -1, -1), ctx.text(prompts)])
         with ctx.timer("saliency_trajectory"):
             latents = self.saliency_trajectory(cond, noise)
@@ -170,7 +184,7 @@ class Trust:
     def refresh_mask(self, k: int) -> None:
         """Re-locate the concept neurons from fresh alignment saliency."""
         self.saliency_grads = self.saliency_gradients()
-        self.mask = concept_neuron_masks(self.saliency_grads, self.cfg.xi)
+        self.mask = self.concept_neurons(self.saliency_grads)
         if k == 0 and mask_size(self.mask) == 0:
             raise UserError(f"xi={self.cfg.xi} selects no concept neuron; lower --xi (the default is 2.0)")
 
@@ -179,9 +193,17 @@ class Trust:
         (the run's own stream is left untouched, so measuring the floor does not change the run)."""
         run_rng, self.ctx.rng = self.ctx.rng, self.floor_rng
         try:
-            return concept_neuron_masks(self.saliency_gradients(), self.cfg.xi)
+            return self.concept_neurons(self.saliency_gradients())
         finally:
             self.ctx.rng = run_rng
+
+    def concept_neurons(self, grads: dict[str, torch.Tensor]) -> Mask:
+        """The z-scored rows of the target saliency, or with `contrast` of its excess over the retain prompts'."""
+        if not self.cfg.contrast:
+            return concept_neuron_masks(grads, self.cfg.xi)
+        with self.ctx.timer("saliency_contrast"):
+            retain = self.alignment_gradients(self.ctx.spec.retains)
+        return contrastive_neuron_masks(grads, retain, self.cfg.contrast, self.cfg.xi)
 
     def regulariser(self) -> torch.Tensor:
         ctx, cfg = self.ctx, self.cfg
