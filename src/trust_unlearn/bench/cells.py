@@ -59,6 +59,10 @@ FIGURE_NEUTRAL_EDITS = {
     # a model with the original text encoder draws the same images under either key; re-evaluating red / trust
     # seed 0 and the red original under the new key gave the cells' figures (docs/baselines.md)
     ("evaluation/evaluate.py", "052f7dc18a17"): "55a75a12c7ff1f47c6b66371cf45b087ae963698",
+    # TRUST's `contrast` option (off by default): with contrast 0 the runs are the same tensors, bit for bit
+    # (scripts/figure_neutral_check.py before / after: results/diagnostics/contrast/neutral_check.json)
+    ("methods/trust.py", "1a19124dc7c5"): "512e4ef96171765f87bd4bac6d4c8037a4b08cc5",
+    ("neurons.py", "d8226f55ed61"): "512e4ef96171765f87bd4bac6d4c8037a4b08cc5",
 }
 
 

@@ -1,0 +1,64 @@
+"""Is an edit of the training engine figure-neutral? Digests of tiny TRUST runs, to compare across two trees.
+
+Short runs of TRUST CIP, CSR, robust mode and a noise-floor run on the test suite's tiny pipeline, each
+digested over its delta's tensors (names and bytes, sorted: the safetensors header's key order varies
+between processes, so the file's own bytes do not identify the weights). Run it under the code before and
+after an edit; equal digests are the check that backs an entry of bench/cells.py FIGURE_NEUTRAL_EDITS.
+
+Usage: PYTHONPATH=TREE/src python scripts/figure_neutral_check.py WORKDIR [--json PATH]
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import shutil
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+
+RUNS = (("cip", "trust", {}), ("csr", "trust", {"reg": "csr"}), ("robust", "trust-robust", {"attack_every": 2}),
+        ("noise_floor", "trust", {"noise_floor_every": 1}))
+
+
+def tensor_digest(path: Path) -> str:
+    from safetensors.torch import load_file
+
+    tensors, h = load_file(path), hashlib.sha256()
+    for name in sorted(tensors):
+        h.update(name.encode())
+        h.update(tensors[name].contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("workdir", type=Path)
+    parser.add_argument("--json", type=Path, default=None)
+    args = parser.parse_args()
+    import trust_unlearn
+    from conftest import build_tiny_clip, build_tiny_pipeline
+    from trust_unlearn.unlearn import UnlearnConfig, run_unlearn
+
+    model, clip = args.workdir / "sd-tiny", args.workdir / "clip-tiny"
+    if not model.exists():
+        build_tiny_pipeline().save_pretrained(model)
+        build_tiny_clip(clip)
+    result = {"package": str(Path(trust_unlearn.__file__).parent)}
+    for label, method, extra in RUNS:
+        out = args.workdir / f"run-{label}"
+        shutil.rmtree(out, ignore_errors=True)
+        run_unlearn(UnlearnConfig(
+            model=str(model), concept="a red circle", anchor="a blue square", retain=["a green cross", "a yellow triangle"],
+            scorer=str(clip), out=str(out), evaluate=False, checkpoint_every=2, method=method,
+            common=dict(steps=4, batch=2, cache_images=4, cache_steps=2, seed=0),
+            method_args=dict(saliency_steps=2, backprop_depth=1, saliency_batch=1, xi=1.0, **extra)))
+        result[label] = tensor_digest(out / "delta.safetensors")
+    print(json.dumps(result, indent=1))
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
