@@ -38,8 +38,8 @@ def main() -> None:
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
     import trust_unlearn
-    from conftest import build_tiny_clip, build_tiny_pipeline
-    from trust_unlearn.unlearn import UnlearnConfig, run_unlearn
+    from conftest import build_tiny_clip, build_tiny_pipeline, tiny_unlearn_config
+    from trust_unlearn.unlearn import run_unlearn
 
     model, clip = args.workdir / "sd-tiny", args.workdir / "clip-tiny"
     if not model.exists():
@@ -49,11 +49,7 @@ def main() -> None:
     for label, method, extra in RUNS:
         out = args.workdir / f"run-{label}"
         shutil.rmtree(out, ignore_errors=True)
-        run_unlearn(UnlearnConfig(
-            model=str(model), concept="a red circle", anchor="a blue square", retain=["a green cross", "a yellow triangle"],
-            scorer=str(clip), out=str(out), evaluate=False, checkpoint_every=2, method=method,
-            common=dict(steps=4, batch=2, cache_images=4, cache_steps=2, seed=0),
-            method_args=dict(saliency_steps=2, backprop_depth=1, saliency_batch=1, xi=1.0, **extra)))
+        run_unlearn(tiny_unlearn_config(model, clip, out, method=method, method_args=extra))
         result[label] = tensor_digest(out / "delta.safetensors")
     print(json.dumps(result, indent=1))
     if args.json:

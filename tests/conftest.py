@@ -68,23 +68,25 @@ def tiny_clip_dir(tmp_path_factory):
     return build_tiny_clip(tmp_path_factory.mktemp("clip") / "clip-tiny")
 
 
-@pytest.fixture
-def tiny_run_config(tiny_model_dir, tiny_clip_dir, tmp_path):
-    """A TRUST run on the tiny pipeline small enough for a unit test (a few seconds)."""
+def tiny_unlearn_config(model_dir, clip_dir, out, **overrides):
+    """A TRUST run on the tiny pipeline small enough for a unit test (a few seconds); also used by
+    scripts/figure_neutral_check.py."""
     from trust_unlearn.unlearn import UnlearnConfig
 
-    def make(**overrides):
-        common = dict(steps=4, batch=2, cache_images=4, cache_steps=2, seed=0)
-        common.update(overrides.pop("common", {}))
-        method_args = dict(saliency_steps=2, backprop_depth=1, saliency_batch=1, xi=1.0)
-        method_args.update(overrides.pop("method_args", {}))
-        cfg = dict(model=str(tiny_model_dir), concept="a red circle", anchor="a blue square",
-                   retain=["a green cross", "a yellow triangle"], scorer=str(tiny_clip_dir),
-                   out=str(tmp_path / "out"), evaluate=False, checkpoint_every=2, common=common, method_args=method_args)
-        cfg.update(overrides)
-        return UnlearnConfig(**cfg)
+    common = dict(steps=4, batch=2, cache_images=4, cache_steps=2, seed=0)
+    common.update(overrides.pop("common", {}))
+    method_args = dict(saliency_steps=2, backprop_depth=1, saliency_batch=1, xi=1.0)
+    method_args.update(overrides.pop("method_args", {}))
+    cfg = dict(model=str(model_dir), concept="a red circle", anchor="a blue square",
+               retain=["a green cross", "a yellow triangle"], scorer=str(clip_dir),
+               out=str(out), evaluate=False, checkpoint_every=2, common=common, method_args=method_args)
+    cfg.update(overrides)
+    return UnlearnConfig(**cfg)
 
-    return make
+
+@pytest.fixture
+def tiny_run_config(tiny_model_dir, tiny_clip_dir, tmp_path):
+    return lambda **overrides: tiny_unlearn_config(tiny_model_dir, tiny_clip_dir, tmp_path / "out", **overrides)
 
 
 def build_tiny_sd2_pipeline(seed: int = 0):
