@@ -86,7 +86,7 @@ def tiny_unlearn_config(model_dir, clip_dir, out, **overrides):
 
 @pytest.fixture
 def tiny_run_config(tiny_model_dir, tiny_clip_dir, tmp_path):
-    return lambda **overrides: tiny_unlearn_config(tiny_model_dir, tiny_clip_dir, tmp_path / "out", **overrides)
+    return lambda **overrides: tiny_unlearn_config(tiny_model_dir, tiny_clip_dir, **{"out": tmp_path / "out", **overrides})
 
 
 def build_tiny_sd2_pipeline(seed: int = 0):
