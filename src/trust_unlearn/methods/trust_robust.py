@@ -7,10 +7,6 @@ appended to a target prompt, that make the model reconstruct the original model'
 
     min_delta ||eps_theta(z_t, t, c(p + delta)) - eps||^2,   delta <- delta - lr * std(E) * sign(grad)
 
-With `attack_space=words` the attack is discrete instead, as the attacks that break TRUST are: a prefix of
-`adv_tokens` whole words, found by greedy coordinate search (each step ranks the vocabulary at one position by the
-token gradient and tries the `attack_candidates` best words exactly, GCG-style), and the anchor gets the same prefix.
-
 The text states of the last `bank_size` attacks then join (a) the saliency (`in_saliency`: the mask also
 covers the neurons the attacks reach) and (b) the forget term (`in_loss`). Only masked rows still move.
 See docs/method.md, "Robust mode".
@@ -28,8 +24,6 @@ from trust_unlearn.methods import register_method
 from trust_unlearn.methods.base import RunContext, gradients
 from trust_unlearn.methods.trust import Trust, TrustConfig
 
-ATTACK_SPACES = ("embedding", "words")
-
 
 @dataclass
 class RobustConfig(TrustConfig):
@@ -42,20 +36,12 @@ class RobustConfig(TrustConfig):
     in_saliency: bool = True  # adversarial states join the saliency estimate (the mask)
     in_loss: bool = True  # the forget term is also applied on adversarial states
     adv_weight: float = 1.0  # weight of that adversarial forget term
-    # embedding: continuous token embeddings appended to the prompt (AdvUnlearn-style); words: a prefix of whole
-    # words, as UnlearnDiffAtk and P4D find them (attacks against TRUST on `red` prepend "yellow"), the anchor
-    # prefixed alike, so the forget term maps "yellow ... red square" to "yellow ... blue square"
-    attack_space: str = "embedding"
-    attack_candidates: int = 16  # words: candidate words tried exactly per position and attack step
 
     def validate(self) -> "RobustConfig":
         super().validate()
         bad = [f"{name} must be >= 1, not {getattr(self, name)}"
-               for name in ("attack_every", "attack_steps", "adv_tokens", "attack_batch", "bank_size",
-                            "attack_candidates")
+               for name in ("attack_every", "attack_steps", "adv_tokens", "attack_batch", "bank_size")
                if getattr(self, name) < 1]
-        if self.attack_space not in ATTACK_SPACES:
-            bad.append(f"attack_space must be one of {', '.join(ATTACK_SPACES)}, not {self.attack_space!r}")
         if not self.attack_lr > 0:
             bad.append(f"attack_lr must be positive, not {self.attack_lr}")
         if self.adv_weight < 0:
@@ -82,20 +68,13 @@ class TrustRobust(Trust):
         if room < 1:
             raise UserError(f"trust-robust: adv_tokens={cfg.adv_tokens} leaves no room for the prompt in the "
                             f"tokenizer's {self.text.max_length} tokens; lower adv_tokens")
-        self.vocab = self.text.allowed()  # whole-word tokens: where each delta starts, the words mode's candidates
+        self.vocab = self.text.allowed()  # whole-word tokens: where each delta starts
         self.slots = [self._slots(p, room) for p in ctx.spec.targets]  # (ids, mask, positions) per target prompt
-        # the words mode's prompt bodies (token ids without specials), per target prompt and its anchor
-        self.bodies = [self._body(p, room) for p in ctx.spec.targets]
-        self.anchor_bodies = [self._body(a, room) for a in ctx.spec.anchors]
-        # (adversarial text states, target_latents rows, the anchor's states with the same prefix or None)
-        self.bank: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]] = []
+        self.bank: list[tuple[torch.Tensor, torch.Tensor]] = []  # (adversarial text states, target_latents rows)
         self.adv_forget: torch.Tensor | None = None
 
-    def _body(self, prompt: str, room: int) -> list[int]:
-        return self.text.tokenizer(prompt, add_special_tokens=False).input_ids[:room]
-
     def _slots(self, prompt: str, room: int):
-        body = self._body(prompt, room)
+        body = self.text.tokenizer(prompt, add_special_tokens=False).input_ids[:room]
         ids, mask = self.text.ids_from_tokens([body + [int(self.vocab[0])] * self.cfg.adv_tokens])
         start = len(self.text.prefix_ids) + len(body)
         return ids, mask, list(range(start, start + self.cfg.adv_tokens))
@@ -110,10 +89,6 @@ class TrustRobust(Trust):
 
     # ------------------------------------------------------------------ inner attack
     def inner_attack(self) -> dict:
-        """Attack the current weights and bank what was found (the last `bank_size` attacks are kept)."""
-        return self.word_attack() if self.cfg.attack_space == "words" else self.embedding_attack()
-
-    def embedding_attack(self) -> dict:
         """Signed-gradient descent on appended token embeddings against the current weights; the best delta
         per sample (lowest diffusion loss on its fixed (z_t, t, eps)) is banked as text states."""
         ctx, cfg = self.ctx, self.cfg
@@ -148,62 +123,12 @@ class TrustRobust(Trust):
         with torch.no_grad():
             keep_better(delta, losses(self.adversarial_states(target_ids, delta)))
             plain = losses(ctx.text([ctx.spec.targets[i] for i in target_ids]))
-            self.bank = [*self.bank, (self.adversarial_states(target_ids, best), rows, None)][-cfg.bank_size:]
+            self.bank = [*self.bank, (self.adversarial_states(target_ids, best), rows)][-cfg.bank_size:]
         return {"attack_loss_plain": plain.mean().item(), "attack_loss_init": first_loss.mean().item(),
                 "attack_loss": best_loss.mean().item()}
 
-    def word_attack(self) -> dict:
-        """Greedy coordinate search over a prefix of whole words against the current weights (GCG): each step ranks
-        the vocabulary at one prefix position by the first-order change of the diffusion loss (token gradient
-        times embedding), tries the `attack_candidates` best words exactly and keeps a word only if it lowers that
-        sample's loss. The bank gets the found prompt's states and its anchor's with the same prefix."""
-        ctx, cfg, text = self.ctx, self.cfg, self.text
-        rows, z_t, t, noise = ctx._draw(ctx.target_latents, cfg.attack_batch)
-        target_ids = ctx.target_idx[rows].tolist()
-        prefix = ctx.shard(self.vocab[torch.randint(0, len(self.vocab), (cfg.attack_batch, cfg.adv_tokens),
-                                                    generator=ctx.rng)])
-        table = text.embedding.weight.detach()
-        vocab_table = table[self.vocab.to(table.device)]
-        positions = list(range(len(text.prefix_ids), len(text.prefix_ids) + cfg.adv_tokens))
-        bodies = [self.bodies[i] for i in target_ids]
-
-        def ids(prefixes, prompt_bodies):
-            return text.ids_from_tokens([p.tolist() + b for p, b in zip(prefixes, prompt_bodies)])
-
-        def losses(states, rows_of):  # per-sample diffusion loss on each sample's own fixed (z_t, t, eps)
-            return (ctx.eps(z_t[rows_of], t[rows_of], states.to(ctx.device)) - noise[rows_of]).pow(2).flatten(1).mean(1)
-
-        everyone = torch.arange(len(prefix))
-        with torch.no_grad():
-            plain = losses(ctx.text([ctx.spec.targets[i] for i in target_ids]), everyone)
-            loss = losses(text.encode(*ids(prefix, bodies)), everyone)
-        first_loss = loss.clone()
-        for step in range(cfg.attack_steps):
-            j = step % cfg.adv_tokens
-            embeds = table[prefix.to(table.device)].clone().requires_grad_(True)
-            (grad,) = torch.autograd.grad(losses(text.encode(*ids(prefix, bodies), positions, embeds), everyone).sum(),
-                                          embeds)  # a plain backward (no double backward): any kernel
-            words = self.vocab[(grad[:, j] @ vocab_table.T).topk(cfg.attack_candidates, largest=False).indices.cpu()]
-            with torch.no_grad():
-                for b in range(len(prefix)):
-                    trials = prefix[b].repeat(len(words[b]), 1)
-                    trials[:, j] = words[b]
-                    tried = losses(text.encode(*ids(trials, [bodies[b]] * len(trials))),
-                                   torch.full((len(trials),), b))
-                    pick = int(tried.argmin())
-                    if tried[pick] < loss[b]:
-                        prefix[b], loss[b] = trials[pick], tried[pick]
-        with torch.no_grad():
-            states = text.encode(*ids(prefix, bodies)).to(ctx.device)
-            anchors = text.encode(*ids(prefix, [self.anchor_bodies[i] for i in target_ids])).to(ctx.device)
-        self.bank = [*self.bank, (states, rows, anchors)][-cfg.bank_size:]
-        return {"attack_loss_plain": plain.mean().item(), "attack_loss_init": first_loss.mean().item(),
-                "attack_loss": loss.mean().item(), "attack_prompt": text.prompt(prefix[0], ctx.spec.targets[target_ids[0]])}
-
-    def banked(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        """The bank's states, rows and (words mode) prefixed anchor states, concatenated."""
-        anchors = None if self.bank[0][2] is None else torch.cat([a for _, _, a in self.bank])
-        return torch.cat([s for s, _, _ in self.bank]), torch.cat([r for _, r, _ in self.bank]), anchors
+    def banked(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return torch.cat([s for s, _ in self.bank]), torch.cat([r for _, r in self.bank])
 
     # ------------------------------------------------------------------ saliency with adversarial states
     def saliency_gradients(self) -> dict[str, torch.Tensor]:
@@ -218,7 +143,7 @@ class TrustRobust(Trust):
         """TRUST's trajectory-alignment gradient, conditioned on adversarial states and scored against the plain
         target prompt: the neurons that carry the concept when an attack evokes it."""
         ctx, cfg = self.ctx, self.cfg
-        states, rows, _ = self.banked()
+        states, rows = self.banked()
         picks = torch.randint(0, len(rows), (cfg.saliency_batch,), generator=ctx.rng)
         noise = self.saliency_noise(len(picks))
         picks = ctx.shard(picks)
@@ -232,10 +157,9 @@ class TrustRobust(Trust):
 
     # ------------------------------------------------------------------ forget term on adversarial states
     def adversarial_forget_loss(self) -> torch.Tensor:
-        """TRUST's forget term L(c_adv, c_anchor) on the concept images the banked attacks were fit to (words mode:
-        c_anchor carries the attack's prefix too)."""
+        """TRUST's forget term L(c_adv, c_anchor) on the concept images the banked attacks were fit to."""
         ctx = self.ctx
-        states, rows, prefixed_anchors = self.banked()
+        states, rows = self.banked()
         n = ctx.common.batch
         picks = torch.randint(0, len(rows), (n,), generator=ctx.rng)
         t = torch.randint(0, ctx.noise_scheduler.config.num_train_timesteps, (n,), generator=ctx.rng)
@@ -243,10 +167,7 @@ class TrustRobust(Trust):
         picks, t, noise = ctx.shard(picks), ctx.shard(t), ctx.shard(noise)
         z0 = ctx.target_latents[rows[picks]]
         z_t = ctx.noise_scheduler.add_noise(z0, noise.to(z0), t)
-        if prefixed_anchors is None:
-            anchors = ctx.text([ctx.spec.anchors[i] for i in ctx.target_idx[rows[picks]].tolist()])
-        else:
-            anchors = prefixed_anchors[picks]
+        anchors = ctx.text([ctx.spec.anchors[i] for i in ctx.target_idx[rows[picks]].tolist()])
         return ctx._moved(z_t, t.to(ctx.device), states[picks], anchors, self.cfg.objective)
 
     def apply_gradients(self, base: torch.Tensor, reg: torch.Tensor) -> float:
@@ -277,11 +198,8 @@ class TrustRobust(Trust):
 
     # ------------------------------------------------------------------ resume
     def state_dict(self) -> dict:
-        return {**super().state_dict(),
-                "adv_bank": [{"states": s, "rows": r, "anchors": a} for s, r, a in self.bank]}
+        return {**super().state_dict(), "adv_bank": [{"states": s, "rows": r} for s, r in self.bank]}
 
     def load_state_dict(self, state: dict) -> None:
         super().load_state_dict(state)
-        device = self.ctx.device
-        self.bank = [(e["states"].to(device), e["rows"], None if e.get("anchors") is None else e["anchors"].to(device))
-                     for e in state["adv_bank"]]
+        self.bank = [(e["states"].to(self.ctx.device), e["rows"]) for e in state["adv_bank"]]
