@@ -135,7 +135,13 @@ def test_stopping_flags_reach_the_run_config_and_testbed_trust_uses_the_dev_tune
     args = build_parser().parse_args(["unlearn", "--concept", "circle", "--stop-patience", "3", "--stop-forget", "0.1"])
     common = unlearn_config_from_args(args).common
     assert common["stop_patience"] == 3 and common["stop_forget"] == 0.1
-    for method, method_args in (("trust", {}), ("trust", {"reg": "csr"}), ("trust-robust", {})):
+    for method, method_args in (("trust", {}), ("trust", {"reg": "csr"})):
         tuned = tuned_settings(method, method_args, testbed=True)["common"]
         assert (tuned["stop_patience"], tuned["stop_forget"]) == (1, 0.13)
+    # robust TRUST runs every step: the rule reads plain prompts only, and robustness keeps growing after them
+    for testbed in (True, False):
+        assert tuned_settings("trust-robust", {}, testbed=testbed)["common"]["stop"] is False
+    for flag, stop in (("--stop", True), ("--no-stop", False)):
+        args = build_parser().parse_args(["unlearn", "--concept", "circle", "--robust", flag])
+        assert unlearn_config_from_args(args).common["stop"] is stop
     assert "stop_patience" not in tuned_settings("trust", {}, testbed=False)["common"]  # SD: the conservative default

@@ -249,6 +249,9 @@ def _unlearn_args(p):
                    help="read the concept and retain with the alignment scorer every k steps (25; 0 = never)")
     g.add_argument("--no-stop", dest="stop", action="store_const", const=False, default=None,
                    help="run every --steps step, even once the probes read the concept gone and retain intact")
+    g.add_argument("--stop", dest="stop", action="store_const", const=True, default=None,
+                   help="stop once the probes read the concept gone (the default, except for --robust, whose "
+                        "robustness keeps growing after the plain prompts are forgotten)")
     g.add_argument("--stop-patience", type=int, default=None,
                    help="stop once this many probes in a row read the concept gone (2; testbed TRUST: 1, tuned)")
     g.add_argument("--stop-forget", type=float, default=None,
