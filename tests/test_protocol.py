@@ -154,3 +154,22 @@ def test_judge_abstains_on_empty_backgrounds_and_reads_clean_renders():
     assert sum(r["shape"] == "none" for r in clean) / len(scenes) <= 0.02
     empty = judge.read(render(scenes, g, foreground="none"))
     assert sum(r["colour"] == "none" for r in empty) / len(scenes) >= 0.95
+
+
+def test_attack_floor_prompts_never_name_the_concept():
+    path = Path(__file__).resolve().parent.parent / "scripts" / "attack_floor.py"
+    spec = importlib.util.spec_from_file_location("attack_floor", path)
+    floor = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(floor)
+    from trust_unlearn.attacks import target_prompts
+    from trust_unlearn.world.concepts import parse_concept
+
+    for task in ("circle", "red", "red circle", "circle on striped background"):
+        concept = parse_concept(task)
+        words = floor.other_values(concept)
+        assert words and not set(words) & set(concept.attributes.values())
+        pairs = floor.prompt_pairs(concept, 16)
+        assert [t for t, _ in pairs] == target_prompts(concept, 16)  # the prompts the attacks are run on
+        own = set(concept.attributes.values())
+        for _, anchor in pairs:  # the anchor prompt swaps one attribute, so the concept is never stated whole
+            assert not own <= set(anchor.replace(",", " ").split())
