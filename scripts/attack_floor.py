@@ -68,7 +68,7 @@ def main() -> int:
     ap.add_argument("--models", nargs="+", default=["testbed"], help="testbed (the original) and/or run folders")
     ap.add_argument("--prompts", type=int, default=16, help="target prompts per task (the attacks' 16)")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--json", help="write the figures here")
+    ap.add_argument("--json", help="write the figures here (results/bench/floor.json: the bench report reads it)")
     args = ap.parse_args()
 
     protocol = AsrProtocol(seed=args.seed)

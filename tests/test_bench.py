@@ -205,7 +205,11 @@ def test_summary_means_intervals_median_time_and_pooled_asr():
 
 def test_outputs_and_readme_block_are_generated_from_the_cells(tmp_path):
     cells = [cell("original", 0, 0.9, 0.9, asr={"p4d": 1.0}), cell("trust", 0, 0.0, 0.89, ttt=5.0, asr={"p4d": 0.0})]
+    floor = {"model": "testbed", "task": "circle", "floor": {"asr": 0.375, "asr_ci": [0.18, 0.61], "prompts": ["p"] * 16}}
+    (tmp_path / "floor.json").write_text(json.dumps({"rows": [floor, {**floor, "model": "runs/x"}]}))
     s = write_outputs(cells, tmp_path)
+    assert s["tasks"]["circle"]["floor"] == {"rate": 0.375, "low": 0.18, "high": 0.61, "n": 16}  # the original's row
+    assert "Word floor: 38 [18, 61] (n=16) %" in (tmp_path / "results.md").read_text()
     page = (tmp_path / "report.html").read_text()
     assert page.count("data:image/png;base64,") == 2 and "<table>" in page
     header = (tmp_path / "results.csv").read_text().splitlines()[0]
@@ -215,6 +219,7 @@ def test_outputs_and_readme_block_are_generated_from_the_cells(tmp_path):
     update_readme(readme, s, "results/bench/bench.json")
     text = readme.read_text()
     assert "old table" not in text and "| circle | `trust` |" in text and text.endswith("rest\n")
+    assert "| 38 [18, 61] (n=16) |" in text  # the word floor column
 
 
 # ------------------------------------------------------------------ tuning
