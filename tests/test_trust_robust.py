@@ -40,34 +40,6 @@ def test_inner_attack_lowers_the_diffusion_loss(tiny_model_dir, tiny_clip_dir):
     assert torch.allclose(states[:, :prompt_tokens], plain[:, :prompt_tokens], atol=1e-6)
 
 
-def test_prefix_position_puts_the_adversarial_tokens_before_the_prompt(tiny_model_dir, tiny_clip_dir):
-    method, ctx = build(tiny_model_dir, tiny_clip_dir, adv_position="prefix", adv_tokens=2)
-    suffix, _ = build(tiny_model_dir, tiny_clip_dir, adv_tokens=2)
-    ids, _mask, positions = method.slots[0]
-    s_ids, _s_mask, s_positions = suffix.slots[0]
-    first = len(method.text.prefix_ids)
-    assert positions == [first, first + 1] and s_positions[0] > first  # before the prompt vs after it
-    body = [i for k, i in enumerate(s_ids[0].tolist()) if k not in s_positions]
-    assert [i for k, i in enumerate(ids[0].tolist()) if k not in positions] == body  # the same prompt tokens
-    log = method.inner_attack()
-    assert log["attack_loss"] < log["attack_loss_init"]  # the attack works from the front too
-
-
-def test_neighbours_init_starts_from_the_words_nearest_the_concept(tiny_model_dir, tiny_clip_dir):
-    method, ctx = build(tiny_model_dir, tiny_clip_dir, attack_init="neighbours", neighbours=5)
-    concept_words = set(method.text.tokenizer(ctx.spec.name, add_special_tokens=False).input_ids)
-    starts = set(method.starts.tolist())
-    assert len(starts) == 5 and starts <= set(method.vocab.tolist())
-    assert concept_words & set(method.vocab.tolist()) <= starts  # a concept word is its own nearest word
-    table = torch.nn.functional.normalize(method.text.embedding.weight.detach(), dim=-1)
-    closeness = (table[method.vocab] @ table[sorted(concept_words)].T).amax(1)
-    outside = [c for i, c in zip(method.vocab.tolist(), closeness.tolist()) if i not in starts]
-    assert min(closeness[[i in starts for i in method.vocab.tolist()]].tolist()) >= max(outside) - 1e-6
-    method.inner_attack()
-    (states, _rows), = method.bank
-    assert torch.isfinite(states).all()
-
-
 def test_only_masked_rows_change(tiny_model_dir, tiny_clip_dir):
     method, ctx = build(tiny_model_dir, tiny_clip_dir, attack_every=2)
     others = {n: p.detach().clone() for n, p in ctx.unet.named_parameters() if n not in method.params}
@@ -93,9 +65,6 @@ def test_only_masked_rows_change(tiny_model_dir, tiny_clip_dir):
     ({"attack_steps": 0}, "attack_steps must be >= 1"),
     ({"adv_tokens": 0}, "adv_tokens must be >= 1"),
     ({"attack_lr": 0.0}, "attack_lr must be positive"),
-    ({"adv_position": "middle"}, "adv_position must be one of suffix, prefix"),
-    ({"attack_init": "latest"}, "attack_init must be one of random, neighbours"),
-    ({"neighbours": 0}, "neighbours must be >= 1"),
     ({"in_saliency": False, "in_loss": False}, "both off"),
 ])
 def test_bad_options_give_one_clear_error(options, says):

@@ -63,9 +63,6 @@ FIGURE_NEUTRAL_EDITS = {
     # (scripts/figure_neutral_check.py before / after: results/diagnostics/contrast/neutral_check.json)
     ("methods/trust.py", "1a19124dc7c5"): "512e4ef96171765f87bd4bac6d4c8037a4b08cc5",
     ("neurons.py", "d8226f55ed61"): "512e4ef96171765f87bd4bac6d4c8037a4b08cc5",
-    # robust TRUST's `adv_position` and `attack_init` options (defaults suffix / random, as before): the same
-    # tensors bit for bit (scripts/figure_neutral_check.py: results/diagnostics/robust_square/neutral_check.json)
-    ("methods/trust_robust.py", "70b88afd3a67"): "96f112b53deddc89d50436b8a789b143b6cbf0b4",
 }
 
 

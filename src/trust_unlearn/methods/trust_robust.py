@@ -3,7 +3,7 @@
 Plain TRUST locates and trains the concept neurons on the target prompts only, so a prompt an attacker
 optimised can route around them. Every `attack_every` steps a cheap inner attack on the *current* model
 (UnlearnDiffAtk's objective, continuous, AdvUnlearn-style) finds `adv_tokens` free token embeddings,
-placed before or after a target prompt (`adv_position`), that make the model reconstruct the original model's concept images again:
+appended to a target prompt, that make the model reconstruct the original model's concept images again:
 
     min_delta ||eps_theta(z_t, t, c(p + delta)) - eps||^2,   delta <- delta - lr * std(E) * sign(grad)
 
@@ -24,19 +24,13 @@ from trust_unlearn.methods import register_method
 from trust_unlearn.methods.base import RunContext, gradients
 from trust_unlearn.methods.trust import Trust, TrustConfig
 
-POSITIONS = ("suffix", "prefix")
-INITS = ("random", "neighbours")
-
 
 @dataclass
 class RobustConfig(TrustConfig):
     attack_every: int = 10  # run the inner attack every k steps (and at step 0)
     attack_steps: int = 5  # signed-gradient steps per inner attack
     attack_lr: float = 0.25  # step size, in units of the token-embedding table's std (scale-free across models)
-    adv_tokens: int = 3  # free token embeddings added to the target prompt
-    adv_position: str = "suffix"  # where they go: suffix (after the prompt) | prefix (before it, as UnlearnDiffAtk and P4D)
-    attack_init: str = "random"  # where each delta starts: random whole words | neighbours: words near the concept's
-    neighbours: int = 64  # with attack_init=neighbours: the whole words closest to the concept's tokens it draws from
+    adv_tokens: int = 3  # free token embeddings appended to the target prompt
     attack_batch: int = 2  # (concept image, target prompt) pairs attacked each time, one delta each
     bank_size: int = 4  # attacks whose adversarial states are kept (the last ones)
     in_saliency: bool = True  # adversarial states join the saliency estimate (the mask)
@@ -48,12 +42,6 @@ class RobustConfig(TrustConfig):
         bad = [f"{name} must be >= 1, not {getattr(self, name)}"
                for name in ("attack_every", "attack_steps", "adv_tokens", "attack_batch", "bank_size")
                if getattr(self, name) < 1]
-        if self.adv_position not in POSITIONS:
-            bad.append(f"adv_position must be one of {', '.join(POSITIONS)}, not {self.adv_position!r}")
-        if self.attack_init not in INITS:
-            bad.append(f"attack_init must be one of {', '.join(INITS)}, not {self.attack_init!r}")
-        if self.neighbours < 1:
-            bad.append(f"neighbours must be >= 1, not {self.neighbours}")
         if not self.attack_lr > 0:
             bad.append(f"attack_lr must be positive, not {self.attack_lr}")
         if self.adv_weight < 0:
@@ -80,33 +68,19 @@ class TrustRobust(Trust):
         if room < 1:
             raise UserError(f"trust-robust: adv_tokens={cfg.adv_tokens} leaves no room for the prompt in the "
                             f"tokenizer's {self.text.max_length} tokens; lower adv_tokens")
-        self.vocab = self.text.allowed()  # whole-word tokens
-        self.starts = self.vocab if cfg.attack_init == "random" else self.nearest_words(ctx.spec.name, cfg.neighbours)
+        self.vocab = self.text.allowed()  # whole-word tokens: where each delta starts
         self.slots = [self._slots(p, room) for p in ctx.spec.targets]  # (ids, mask, positions) per target prompt
         self.bank: list[tuple[torch.Tensor, torch.Tensor]] = []  # (adversarial text states, target_latents rows)
         self.adv_forget: torch.Tensor | None = None
 
-    def nearest_words(self, concept: str, n: int) -> torch.Tensor:
-        """The n whole words whose token embeddings are closest (cosine) to any token of the concept's name: the
-        words attacks such as Ring-A-Bell, MMA and the found UnlearnDiffAtk prefixes reach for ("squares", "cube",
-        "triangle" for "square"), so each inner attack starts where an attacker would look."""
-        table = torch.nn.functional.normalize(self.text.embedding.weight.detach().float(), dim=-1)
-        concept_ids = self.text.tokenizer(concept, add_special_tokens=False).input_ids
-        if not concept_ids:
-            raise UserError(f"trust-robust: attack_init=neighbours needs a concept name with words, not {concept!r}")
-        closeness = (table[self.vocab] @ table[concept_ids].T).amax(dim=1)
-        return self.vocab[closeness.topk(min(n, len(self.vocab))).indices]
-
     def _slots(self, prompt: str, room: int):
         body = self.text.tokenizer(prompt, add_special_tokens=False).input_ids[:room]
-        placeholder = [int(self.vocab[0])] * self.cfg.adv_tokens
-        prefix = self.cfg.adv_position == "prefix"
-        ids, mask = self.text.ids_from_tokens([placeholder + body if prefix else body + placeholder])
-        start = len(self.text.prefix_ids) + (0 if prefix else len(body))
+        ids, mask = self.text.ids_from_tokens([body + [int(self.vocab[0])] * self.cfg.adv_tokens])
+        start = len(self.text.prefix_ids) + len(body)
         return ids, mask, list(range(start, start + self.cfg.adv_tokens))
 
     def adversarial_states(self, target_ids: list[int], delta: torch.Tensor) -> torch.Tensor:
-        """Text states of the target prompt with delta in its place (delta: (B, adv_tokens, d) token embeddings), differentiable."""
+        """Text states of "target prompt + delta" (delta: (B, adv_tokens, d) token embeddings), differentiable."""
         rows = []
         for b, i in enumerate(target_ids):
             ids, mask, positions = self.slots[i]
@@ -120,7 +94,7 @@ class TrustRobust(Trust):
         ctx, cfg = self.ctx, self.cfg
         rows, z_t, t, noise = ctx._draw(ctx.target_latents, cfg.attack_batch)
         target_ids = ctx.target_idx[rows].tolist()
-        starts = ctx.shard(self.starts[torch.randint(0, len(self.starts), (cfg.attack_batch, cfg.adv_tokens),
+        starts = ctx.shard(self.vocab[torch.randint(0, len(self.vocab), (cfg.attack_batch, cfg.adv_tokens),
                                                     generator=ctx.rng)])
         table = self.text.embedding.weight.detach()
         step = cfg.attack_lr * float(table.std())
