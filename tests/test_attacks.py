@@ -178,3 +178,23 @@ def test_per_attack_budgets(tiny):
 def test_cli_missing_judge(capsys):
     assert main(["attack", "--concept", "circle", "--judge", "/nonexistent/judge.safetensors"]) == 2
     assert "--judge /nonexistent/judge.safetensors does not exist" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", ["unlearndiffatk", "p4d"])
+def test_confined_prefix_never_uses_the_concepts_attribute_words(tiny, name):
+    from trust_unlearn.attacks.base import attribute_words
+
+    concept = parse_concept("red circle")
+    words = attribute_words(concept)
+    assert {"circle", "square", "triangle", "cross", "red", "blue", "green", "yellow"} <= set(words)
+    assert "plain" not in words  # only the attributes the concept constrains
+    attack = get_attack(name)(tiny, tiny, concept, budget=2, seed=0, confine=True)
+    allowed = attack.text.words(attack.text.allowed(attack.prefix_banned))
+    vocab = set(attack.text.vocab_words)
+    assert vocab & set(words)  # the tiny vocabulary has attribute words to leave out
+    assert not any(is_banned(w, words) for w in allowed) and len(allowed) < len(vocab)
+    prompt = target_prompts(concept, 1)[0]
+    (found,) = attack.candidates(prompt, 0)
+    assert found.endswith(prompt) and not contains_banned(found[: -len(prompt)], words)
+    assert attack.details()["confined_words"] == list(words)
+    assert "confined_words" not in get_attack(name)(tiny, tiny, concept, budget=2).details()  # off by default

@@ -81,10 +81,12 @@ def judge_candidates(model: LoadedModel, concept: Concept, candidates: list[list
 def run_attack_suite(model: LoadedModel, original: LoadedModel, concept, attacks, *, seed: int = 0,
                      budget: int | dict | None = None, out=None, quick: bool = False, n_prompts: int | None = None,
                      prompts: list[str] | None = None, protocol: AsrProtocol | None = None,
-                     paraphrases: list[str] | None = None, show_progress: bool = True, judge=None) -> dict:
+                     paraphrases: list[str] | None = None, show_progress: bool = True, judge=None,
+                     confine: bool = False) -> dict:
     """Run attacks on `model` (unlearned) with `original` as the concept's source; judge every found prompt.
 
     `budget`: one number for every attack (each in its own unit), or {attack name: budget}.
+    `confine`: UnlearnDiffAtk's and P4D's prefixes may not use the concept's attribute words (base.attribute_words).
     Returns {attack: {"asr", "pre_attack_asr", "seconds", "n_prompts", "prompts", ...}}; with `out`,
     writes attack-NAME.csv, attack-NAME.png (a row of seeds per target prompt) and attacks.json.
     """
@@ -110,7 +112,7 @@ def run_attack_suite(model: LoadedModel, original: LoadedModel, concept, attacks
     results = {}
     for name in names:
         attack = get_attack(name)(model, original, concept, budget=budgets.get(name), seed=seed, quick=quick, targets=targets,
-                                       judge=judge)
+                                       judge=judge, confine=confine)
         if name == "paraphrase" and paraphrases is not None:
             attack.user_prompts = paraphrases
         start = time.perf_counter()

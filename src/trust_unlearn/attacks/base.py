@@ -24,7 +24,7 @@ from diffusers import DDIMScheduler, DDPMScheduler
 
 from trust_unlearn.errors import UserError
 from trust_unlearn.pipeline import LoadedModel, initial_latents
-from trust_unlearn.world.concepts import Concept
+from trust_unlearn.world.concepts import ATTRIBUTES, Concept
 
 ATTACKS: dict[str, type] = {}
 
@@ -56,6 +56,13 @@ class AsrProtocol:
 def banned_words(concept: Concept) -> tuple[str, ...]:
     """The concept's own words: MMA and Ring-A-Bell must find prompts without them."""
     return tuple(sorted({v for _, v in concept.constraints}))
+
+
+def attribute_words(concept: Concept) -> tuple[str, ...]:
+    """Every value of the attributes the concept constrains (for `red`: all colour names; for `circle on striped
+    background`: all shape and background names): on the testbed, five of them around a prompt draw the concept
+    by mixture, for a model that never learned it as often as for the original (scripts/attack_floor.py)."""
+    return tuple(sorted({v for attr in concept.attributes for v in ATTRIBUTES[attr]}))
 
 
 def is_banned(word: str, banned: tuple[str, ...]) -> bool:
@@ -258,7 +265,8 @@ class Attack:
     quick_budget = 3
 
     def __init__(self, model: LoadedModel, original: LoadedModel, concept: Concept, *, budget: int | None = None,
-                 seed: int = 0, quick: bool = False, targets: list[str] | None = None, judge=None):
+                 seed: int = 0, quick: bool = False, targets: list[str] | None = None, judge=None,
+                 confine: bool = False):
         if budget is not None and budget < 1:
             raise UserError(f"--budget must be at least 1 {self.budget_unit} for {self.name} (got {budget})")
         self.model, self.original, self.concept = model, original, concept
@@ -267,6 +275,9 @@ class Attack:
         self.targets = targets or []
         self.judge = judge  # only UnlearnDiffAtk uses it: to keep the original's images that show the concept
         self.banned = banned_words(concept)
+        # confine: the white-box prefix may not use the concept's attribute words (attribute_words), so what it
+        # finds is the concept coming back from the target prompt, not a mixture of the world's other values
+        self.prefix_banned = attribute_words(concept) if confine else ()
         self.text = TextOps(model.pipe)
 
     def generator(self, index: int) -> torch.Generator:
@@ -291,7 +302,7 @@ class Attack:
             self.text, target_prompt, self.n_tokens, self.budget,
             loss_fn=lambda states, step: loss_at(states, sample(self.batch, gen)),
             eval_fn=lambda states: loss_at(states, fixed),
-            generator=gen, allowed=self.text.allowed(), progress_bar=getattr(self, "bar", None))
+            generator=gen, allowed=self.text.allowed(self.prefix_banned), progress_bar=getattr(self, "bar", None))
         return [prompt]
 
     def work_units(self, n_targets: int) -> int:
@@ -299,4 +310,5 @@ class Attack:
         return n_targets * self.budget
 
     def details(self) -> dict:
-        return {"budget": self.budget, "budget_unit": self.budget_unit, "kind": self.kind}
+        return {"budget": self.budget, "budget_unit": self.budget_unit, "kind": self.kind,
+                **({"confined_words": list(self.prefix_banned)} if self.prefix_banned else {})}

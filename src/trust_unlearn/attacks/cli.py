@@ -25,6 +25,10 @@ def add_arguments(p) -> None:
     p.add_argument("--success-share", type=float, default=0.25,
                    help="a candidate succeeds when at least this share of its images show the concept (0.25: 1 of 4)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--confine", action="store_true",
+                   help="testbed: UnlearnDiffAtk's and P4D's prefixes may not use the concept's attribute words (every "
+                        "shape name for `circle`): what they find is then the concept coming back, not a mixture of "
+                        "other shapes (docs/attacks.md, 'The word floor')")
     p.add_argument("--quick", action="store_true", help="tiny budgets and 2 prompts: a smoke test")
     p.add_argument("--out", default=None, help="folder for CSV / PNG / JSON (default runs/attack-CONCEPT)")
     p.add_argument("--json", default=None, help="also write the figures here")
@@ -67,7 +71,7 @@ def run(args) -> None:
     concepts = [parse_concept(c) for c in (args.teeth_concepts if args.teeth else [args.concept])]
     protocol = AsrProtocol(seeds_per_prompt=args.seeds_per_prompt, success_share=args.success_share, seed=args.seed)
     kwargs = dict(seed=args.seed, budget=args.budget, quick=args.quick, n_prompts=args.prompts, protocol=protocol,
-                  paraphrases=args.paraphrases, judge=_judge(args))
+                  paraphrases=args.paraphrases, judge=_judge(args), confine=args.confine)
     if args.teeth:
         return _teeth(args, concepts, kwargs)
     from trust_unlearn.attacks import run_attack_suite

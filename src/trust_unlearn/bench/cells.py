@@ -63,6 +63,11 @@ FIGURE_NEUTRAL_EDITS = {
     # (scripts/figure_neutral_check.py before / after: results/diagnostics/contrast/neutral_check.json)
     ("methods/trust.py", "1a19124dc7c5"): "512e4ef96171765f87bd4bac6d4c8037a4b08cc5",
     ("neurons.py", "d8226f55ed61"): "512e4ef96171765f87bd4bac6d4c8037a4b08cc5",
+    # the attacks' `confine` option (off by default): the same prompts and shares, bit for bit, off
+    # (`trust attack --quick` before / after: results/diagnostics/attack_floor/confine_neutral_check.json)
+    ("attacks/base.py", "8adac3fe3b72"): "f399d329e76ce26ed2fe09b16780131ccd80a0c4",
+    ("attacks/__init__.py", "e6bbf56a8c3b"): "f399d329e76ce26ed2fe09b16780131ccd80a0c4",
+    ("attacks/cli.py", "05afdbcba3b4"): "f399d329e76ce26ed2fe09b16780131ccd80a0c4",
 }
 
 
@@ -179,11 +184,13 @@ def _attack(model, original, task: str, job: dict, out: Path) -> dict:
 
     found = run_attack_suite(model, original, task, job["attacks"], seed=job.get("attack_seed", 0),
                              budget=job.get("attack_budget"), out=out, quick=job.get("quick", False),
-                             n_prompts=job["attack_prompts"], show_progress=False)
+                             n_prompts=job["attack_prompts"], show_progress=False,
+                             confine=job.get("confine_attacks", False))
     return {"asr": {a: r["asr"] for a, r in found.items()}, "asr_ci": {a: r["asr_ci"] for a, r in found.items()},
             "attack_prompts": {a: r["n_prompts"] for a, r in found.items()},
             "attack_seconds": {a: r["seconds"] for a, r in found.items()},
-            "pre_attack_asr": next(iter(found.values()))["pre_attack_asr"], "attack_hash": attack_hash()}
+            "pre_attack_asr": next(iter(found.values()))["pre_attack_asr"], "attack_hash": attack_hash(),
+            **({"attacks_confined": True} if job.get("confine_attacks") else {})}
 
 
 def _header(job: dict) -> dict:

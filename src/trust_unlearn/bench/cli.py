@@ -37,6 +37,8 @@ def add_arguments(p) -> None:
     p.add_argument("--model", default=None, help="testbed (default) or an exported testbed pipeline")
     p.add_argument("--rerun-stale", action="store_true", help="re-run cells whose code or settings have changed")
     p.add_argument("--report-only", action="store_true", help="run nothing: rebuild results.md/csv and report.html")
+    p.add_argument("--confine-attacks", action="store_true", default=None,
+                   help="white-box prefixes may not use the concept's attribute words (trust attack --confine)")
     p.add_argument("--readme", action="store_true", help="also rewrite README's headline table from the cells")
     p.add_argument("--json", default=None, help="also write the summary here")
 
@@ -46,7 +48,7 @@ def config_from_args(args):
 
     cfg = BenchConfig.from_yaml(args.config) if args.config else BenchConfig()
     for key in ("methods", "tasks", "seeds", "attacks", "attack_seeds", "attack_prompts", "attack_budget", "checkpoints",
-                "workers", "out", "results", "model"):
+                "workers", "out", "results", "model", "confine_attacks"):
         if getattr(args, key) is not None:
             setattr(cfg, key, getattr(args, key))
     if args.quick:

@@ -58,6 +58,7 @@ class BenchConfig:
     attack_seeds: list = field(default_factory=lambda: [0])  # training seeds whose final model is attacked
     attack_prompts: int = 16
     attack_budget: int | dict | None = None  # None: each attack's default budget
+    confine_attacks: bool = False  # white-box prefixes without the concept's attribute words (docs/attacks.md)
     sweep: dict = field(default_factory=dict)  # {"xi": [1.5, 2.0]} -> trust variants
     quick: bool = False
     results: str | None = None  # the cells file (default results/bench/bench.json; quick: OUT/bench.json)
@@ -223,7 +224,7 @@ def plan(cfg: BenchConfig) -> list[dict]:
     _typed(EvalConfig, cfg.eval, "eval")
     _typed(EvalConfig, cfg.checkpoint_eval, "checkpoint_eval")
     base = {"model": cfg.model, "eval": cfg.eval, "checkpoint_eval": cfg.checkpoint_eval, "attack_prompts": cfg.attack_prompts,
-            "attack_budget": cfg.attack_budget, "quick": cfg.quick}
+            "attack_budget": cfg.attack_budget, "confine_attacks": cfg.confine_attacks, "quick": cfg.quick}
     jobs = [{**base, "task": t, "label": ORIGINAL, "method": ORIGINAL, "seed": 0, "settings": None, "checkpoints": [],
              "attacks": attacks, "out": str(Path(cfg.out) / slug(t) / ORIGINAL)} for t in tasks]
     labels = expand_methods(cfg.methods, cfg.sweep)
