@@ -92,6 +92,12 @@ def test_plan_attacks_the_first_seed_and_puts_originals_first():
     assert [bool(j["attacks"]) for j in jobs] == [True, True, True, False, False]
     assert jobs[1]["checkpoints"] == [25] and jobs[2]["checkpoints"] == []  # past the last step / training-free
     assert len({j["out"] for j in jobs}) == len(jobs)
+    assert not any(j["confine_attacks"] for j in jobs)  # confined white-box attacks only when asked for
+    from trust_unlearn.bench.cli import config_from_args
+    from trust_unlearn.cli import build_parser
+
+    cfg = config_from_args(build_parser().parse_args(["bench", "--tasks", "circle", "--confine-attacks"]))
+    assert cfg.confine_attacks and all(j["confine_attacks"] for j in plan(cfg))
 
 
 # ------------------------------------------------------------------ end to end on a tiny testbed-shaped model
