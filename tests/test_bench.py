@@ -215,7 +215,7 @@ def test_outputs_and_readme_block_are_generated_from_the_cells(tmp_path):
     (tmp_path / "floor.json").write_text(json.dumps({"rows": [floor, {**floor, "model": "runs/x"}]}))
     s = write_outputs(cells, tmp_path)
     assert s["tasks"]["circle"]["floor"] == {"rate": 0.375, "low": 0.18, "high": 0.61, "n": 16}  # the original's row
-    assert "Word floor: 38 [18, 61] (n=16) %" in (tmp_path / "results.md").read_text()
+    assert "Word floor: 38 [18, 61] % of 16 target prompts" in (tmp_path / "results.md").read_text()
     page = (tmp_path / "report.html").read_text()
     assert page.count("data:image/png;base64,") == 2 and "<table>" in page
     header = (tmp_path / "results.csv").read_text().splitlines()[0]
@@ -225,7 +225,7 @@ def test_outputs_and_readme_block_are_generated_from_the_cells(tmp_path):
     update_readme(readme, s, "results/bench/bench.json")
     text = readme.read_text()
     assert "old table" not in text and "| circle | `trust` |" in text and text.endswith("rest\n")
-    assert "| 38 [18, 61] (n=16) |" in text  # the word floor column
+    assert "| 38 [18, 61] |" in text  # the word floor column
 
 
 # ------------------------------------------------------------------ tuning

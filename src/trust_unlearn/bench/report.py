@@ -150,6 +150,10 @@ def _asr(ci: dict | None) -> str:
     return "-" if ci is None else f"{100 * ci['rate']:.0f} [{100 * ci['low']:.0f}, {100 * ci['high']:.0f}] (n={ci['n']})"
 
 
+def _floor(ci: dict | None) -> str:
+    return "-" if ci is None else f"{100 * ci['rate']:.0f} [{100 * ci['low']:.0f}, {100 * ci['high']:.0f}]"
+
+
 def _ttt(t: dict) -> str:
     if not t["n"]:
         return "-"
@@ -187,7 +191,7 @@ def task_tables(task: str, entry: dict, attacks: list[str]) -> str:
                  if any(r["asr"].values())]
         out += ["", _md(head, rows)]
         if entry.get("floor"):
-            out += ["", f"Word floor: {_asr(entry['floor'])} % of target prompts are 'broken' on the *original* model by "
+            out += ["", f"Word floor: {_floor(entry['floor'])} % of {entry['floor']['n']} target prompts are 'broken' on the *original* model by "
                         "five random words of the other concepts before the anchor prompt, the concept never stated "
                         "(scripts/attack_floor.py, the attacks' seeds and success rule): an ASR near it is not "
                         "evidence that the erased concept came back."]
@@ -218,7 +222,7 @@ def headline(summary: dict) -> str:
                                                  f"{name} {100 * strongest['rate']:.0f}")
             drop = r["retain_unseen_drop"]
             rows.append([task, f"`{label}`", str(len(r["seeds"])), _pct(r["forget"]),
-                         "-" if drop is None else _pct(drop).replace("-", "−"), asr, _asr(floor), _secs(r["train_seconds"]),
+                         "-" if drop is None else _pct(drop).replace("-", "−"), asr, _floor(floor), _secs(r["train_seconds"]),
                          _ttt(r["time_to_target"])])
     return _md(head, rows)
 
