@@ -5,7 +5,7 @@ digested over its delta's tensors (names and bytes, sorted: the safetensors head
 between processes, so the file's own bytes do not identify the weights). Run it under the code before and
 after an edit; equal digests are the check that backs an entry of bench/cells.py FIGURE_NEUTRAL_EDITS.
 
-Usage: PYTHONPATH=TREE/src python scripts/figure_neutral_check.py WORKDIR [--json PATH]
+Usage: PYTHONPATH=TREE/src python scripts/figure_neutral_check.py WORKDIR [--json PATH] [--runs robust ...]
 """
 from __future__ import annotations
 
@@ -36,6 +36,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("workdir", type=Path)
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--runs", nargs="+", choices=[label for label, _, _ in RUNS], default=None,
+                        help="only these runs (an edit that reaches one method needs only its run)")
     args = parser.parse_args()
     import trust_unlearn
     from conftest import build_tiny_clip, build_tiny_pipeline, tiny_unlearn_config
@@ -46,7 +48,7 @@ def main() -> None:
         build_tiny_pipeline().save_pretrained(model)
         build_tiny_clip(clip)
     result = {"package": str(Path(trust_unlearn.__file__).parent)}
-    for label, method, extra in RUNS:
+    for label, method, extra in [r for r in RUNS if args.runs is None or r[0] in args.runs]:
         out = args.workdir / f"run-{label}"
         shutil.rmtree(out, ignore_errors=True)
         run_unlearn(tiny_unlearn_config(model, clip, out, method=method, method_args=extra))
