@@ -135,33 +135,3 @@ def test_resume_restores_the_adversarial_bank(tiny_run_config, tmp_path):
     run_unlearn(part, resume=True)  # step 2 trains on the restored bank (an empty one would attack again)
     a, b = unet_state(tmp_path / "full"), unet_state(tmp_path / "part")
     assert [k for k in a if not torch.equal(a[k], b[k])] == []
-
-
-def test_replace_words_attacks_prompts_without_the_concept(tiny_model_dir, tiny_clip_dir):
-    """Every other inner attack drops the concept's words and starts from their nearest neighbours: it still
-    attacks (the loss falls), and none of its prompts holds a concept token."""
-    from trust_unlearn.methods.trust_robust import concept_words
-
-    method, ctx = build(tiny_model_dir, tiny_clip_dir, replace_words=True, attack_steps=8, attack_lr=1.0,
-                        attack_batch=4, neighbours=8)
-    words = concept_words(ctx.spec)
-    assert set(words) == {"red", "circle"}
-    concept_ids = {i for w in words for i in method.text.tokenizer(w, add_special_tokens=False).input_ids}
-    for ids, _, positions in method.replace_slots:
-        kept = [int(t) for j, t in enumerate(ids[0].tolist()) if j not in positions]
-        assert not concept_ids & set(kept) and len(positions) == method.cfg.adv_tokens
-    assert not concept_ids & set(method.neighbour_ids.tolist()) and len(method.neighbour_ids) == 8
-    first, second = method.inner_attack(), method.inner_attack()
-    assert (first["attack_replaced"], second["attack_replaced"]) == (0.0, 1.0)
-    assert second["attack_loss"] < second["attack_loss_init"] - 1e-3
-    assert len(method.bank) == 2 and not torch.allclose(method.bank[0][0], method.bank[1][0])
-
-
-def test_concept_words_of_a_named_concept():
-    from trust_unlearn.concept_spec import ConceptSpec
-    from trust_unlearn.methods.trust_robust import concept_words
-
-    spec = ConceptSpec(name="Van Gogh style", targets=["a painting by van gogh"], anchors=["a painting"])
-    assert concept_words(spec) == ("van", "gogh", "style")
-    with pytest.raises(UserError, match="no word to replace"):
-        concept_words(ConceptSpec(name="a photo", targets=["x"], anchors=["y"]))

@@ -68,9 +68,6 @@ FIGURE_NEUTRAL_EDITS = {
     ("attacks/base.py", "8adac3fe3b72"): "f399d329e76ce26ed2fe09b16780131ccd80a0c4",
     ("attacks/__init__.py", "e6bbf56a8c3b"): "f399d329e76ce26ed2fe09b16780131ccd80a0c4",
     ("attacks/cli.py", "05afdbcba3b4"): "f399d329e76ce26ed2fe09b16780131ccd80a0c4",
-    # robust TRUST's `replace_words` option (off by default): off, the same tensors, bit for bit
-    # (scripts/figure_neutral_check.py --runs robust before / after: results/diagnostics/robust_triangle/neutral_check.json)
-    ("methods/trust_robust.py", "72261f1021c7"): "a43ee1475bad655b6e27507a6be43802ce3590c0",
 }
 
 

@@ -7,27 +7,22 @@ appended to a target prompt, that make the model reconstruct the original model'
 
     min_delta ||eps_theta(z_t, t, c(p + delta)) - eps||^2,   delta <- delta - lr * std(E) * sign(grad)
 
-With `replace_words`, every other inner attack puts the free tokens *in place of* the concept's words,
-started from the words nearest them in the token-embedding table: Ring-A-Bell and MMA reach the concept
-through prompts that never name it ("circular"), which an appended delta, the word always beside it, does not
-explore. The text states of the last `bank_size` attacks then join (a) the saliency (`in_saliency`: the mask
-also covers the neurons the attacks reach) and (b) the forget term (`in_loss`). Only masked rows still move.
+The text states of the last `bank_size` attacks then join (a) the saliency (`in_saliency`: the mask also
+covers the neurons the attacks reach) and (b) the forget term (`in_loss`). Only masked rows still move.
 See docs/method.md, "Robust mode".
 """
 from __future__ import annotations
 
-import re
 import time
 from dataclasses import dataclass
 
 import torch
 
-from trust_unlearn.attacks.base import TextOps, banned_words, is_banned
+from trust_unlearn.attacks.base import TextOps
 from trust_unlearn.errors import UserError
 from trust_unlearn.methods import register_method
 from trust_unlearn.methods.base import RunContext, gradients
 from trust_unlearn.methods.trust import Trust, TrustConfig
-from trust_unlearn.world.concepts import parse_concept
 
 
 @dataclass
@@ -41,13 +36,11 @@ class RobustConfig(TrustConfig):
     in_saliency: bool = True  # adversarial states join the saliency estimate (the mask)
     in_loss: bool = True  # the forget term is also applied on adversarial states
     adv_weight: float = 1.0  # weight of that adversarial forget term
-    replace_words: bool = False  # every other inner attack replaces the concept's words instead of appending
-    neighbours: int = 32  # replace_words: its deltas start from one of the words nearest the concept's
 
     def validate(self) -> "RobustConfig":
         super().validate()
         bad = [f"{name} must be >= 1, not {getattr(self, name)}"
-               for name in ("attack_every", "attack_steps", "adv_tokens", "attack_batch", "bank_size", "neighbours")
+               for name in ("attack_every", "attack_steps", "adv_tokens", "attack_batch", "bank_size")
                if getattr(self, name) < 1]
         if not self.attack_lr > 0:
             bad.append(f"attack_lr must be positive, not {self.attack_lr}")
@@ -77,11 +70,6 @@ class TrustRobust(Trust):
                             f"tokenizer's {self.text.max_length} tokens; lower adv_tokens")
         self.vocab = self.text.allowed()  # whole-word tokens: where each delta starts
         self.slots = [self._slots(p, room) for p in ctx.spec.targets]  # (ids, mask, positions) per target prompt
-        self.attacks_run = 0
-        if cfg.replace_words:
-            words = concept_words(ctx.spec)
-            self.replace_slots = [self._replace_slots(p, words, room) for p in ctx.spec.targets]
-            self.neighbour_ids = self._neighbours(words)
         self.bank: list[tuple[torch.Tensor, torch.Tensor]] = []  # (adversarial text states, target_latents rows)
         self.adv_forget: torch.Tensor | None = None
 
@@ -91,51 +79,23 @@ class TrustRobust(Trust):
         start = len(self.text.prefix_ids) + len(body)
         return ids, mask, list(range(start, start + self.cfg.adv_tokens))
 
-    def _replace_slots(self, prompt: str, words: tuple[str, ...], room: int):
-        """The target prompt with its concept words cut and the free tokens where the first of them stood
-        (at the end if it names none)."""
-        body, at = [], None
-        for word in prompt.split():
-            if is_banned(word.lower().strip(".,;:!?"), words):
-                at = len(body) if at is None else at
-                continue
-            body += self.text.tokenizer(word, add_special_tokens=False).input_ids
-        at = len(body) if at is None else at
-        body = body[: min(at, room)] + [int(self.vocab[0])] * self.cfg.adv_tokens + body[at:][: max(room - at, 0)]
-        ids, mask = self.text.ids_from_tokens([body])
-        start = len(self.text.prefix_ids) + min(at, room)
-        return ids, mask, list(range(start, start + self.cfg.adv_tokens))
-
-    def _neighbours(self, words: tuple[str, ...]) -> torch.Tensor:
-        """The allowed words nearest (cosine, token-embedding table) to the concept words' mean embedding."""
-        table = self.text.embedding.weight.detach()
-        ids = [i for w in words for i in self.text.tokenizer(w, add_special_tokens=False).input_ids]
-        allowed = self.text.allowed(words)
-        centre = table[ids].mean(0, keepdim=True)
-        near = torch.nn.functional.cosine_similarity(table[allowed], centre).topk(min(self.cfg.neighbours, len(allowed)))
-        return allowed[near.indices]
-
-    def adversarial_states(self, target_ids: list[int], delta: torch.Tensor, slots=None) -> torch.Tensor:
-        """Text states of "target prompt + delta" (delta: (B, adv_tokens, d) token embeddings) over `slots`
-        (the appended ones unless told), differentiable."""
+    def adversarial_states(self, target_ids: list[int], delta: torch.Tensor) -> torch.Tensor:
+        """Text states of "target prompt + delta" (delta: (B, adv_tokens, d) token embeddings), differentiable."""
         rows = []
         for b, i in enumerate(target_ids):
-            ids, mask, positions = (slots or self.slots)[i]
+            ids, mask, positions = self.slots[i]
             rows.append(self.text.encode(ids, mask, positions, delta[b : b + 1]))
         return torch.cat(rows).to(self.ctx.device)
 
     # ------------------------------------------------------------------ inner attack
     def inner_attack(self) -> dict:
-        """Signed-gradient descent on free token embeddings (appended, or with `replace_words` every other time
-        in place of the concept's words) against the current weights; the best delta per sample (lowest
-        diffusion loss on its fixed (z_t, t, eps)) is banked as text states."""
+        """Signed-gradient descent on appended token embeddings against the current weights; the best delta
+        per sample (lowest diffusion loss on its fixed (z_t, t, eps)) is banked as text states."""
         ctx, cfg = self.ctx, self.cfg
-        replacing = cfg.replace_words and self.attacks_run % 2 == 1
-        self.attacks_run += 1
-        slots, pool = (self.replace_slots, self.neighbour_ids) if replacing else (self.slots, self.vocab)
         rows, z_t, t, noise = ctx._draw(ctx.target_latents, cfg.attack_batch)
         target_ids = ctx.target_idx[rows].tolist()
-        starts = ctx.shard(pool[torch.randint(0, len(pool), (cfg.attack_batch, cfg.adv_tokens), generator=ctx.rng)])
+        starts = ctx.shard(self.vocab[torch.randint(0, len(self.vocab), (cfg.attack_batch, cfg.adv_tokens),
+                                                    generator=ctx.rng)])
         table = self.text.embedding.weight.detach()
         step = cfg.attack_lr * float(table.std())
 
@@ -154,18 +114,18 @@ class TrustRobust(Trust):
         first_loss = None
         for _ in range(cfg.attack_steps):
             delta.requires_grad_(True)
-            loss = losses(self.adversarial_states(target_ids, delta, slots))
+            loss = losses(self.adversarial_states(target_ids, delta))
             (grad,) = torch.autograd.grad(loss.sum(), delta)  # a plain backward (no double backward): any kernel
             if first_loss is None:
                 first_loss = loss.detach()
             keep_better(delta.detach(), loss.detach())
             delta = delta.detach() - step * grad.sign()
         with torch.no_grad():
-            keep_better(delta, losses(self.adversarial_states(target_ids, delta, slots)))
+            keep_better(delta, losses(self.adversarial_states(target_ids, delta)))
             plain = losses(ctx.text([ctx.spec.targets[i] for i in target_ids]))
-            self.bank = [*self.bank, (self.adversarial_states(target_ids, best, slots), rows)][-cfg.bank_size:]
+            self.bank = [*self.bank, (self.adversarial_states(target_ids, best), rows)][-cfg.bank_size:]
         return {"attack_loss_plain": plain.mean().item(), "attack_loss_init": first_loss.mean().item(),
-                "attack_loss": best_loss.mean().item(), "attack_replaced": float(replacing)}
+                "attack_loss": best_loss.mean().item()}
 
     def banked(self) -> tuple[torch.Tensor, torch.Tensor]:
         return torch.cat([s for s, _ in self.bank]), torch.cat([r for _, r in self.bank])
@@ -238,24 +198,8 @@ class TrustRobust(Trust):
 
     # ------------------------------------------------------------------ resume
     def state_dict(self) -> dict:
-        return {**super().state_dict(), "adv_bank": [{"states": s, "rows": r} for s, r in self.bank],
-                "attacks_run": self.attacks_run}
+        return {**super().state_dict(), "adv_bank": [{"states": s, "rows": r} for s, r in self.bank]}
 
     def load_state_dict(self, state: dict) -> None:
         super().load_state_dict(state)
         self.bank = [(e["states"].to(self.ctx.device), e["rows"]) for e in state["adv_bank"]]
-        self.attacks_run = state.get("attacks_run", 0)
-
-
-STOP_WORDS = {"a", "an", "the", "of", "on", "in", "with", "and", "background", "photo", "image", "picture"}
-
-
-def concept_words(spec) -> tuple[str, ...]:
-    """The words that name the concept: the shapes-world concept's values, else the concept name's own words."""
-    if spec.world_concept:
-        return banned_words(parse_concept(spec.world_concept))
-    words = tuple(w for w in re.findall(r"[a-z]+", spec.name.lower()) if w not in STOP_WORDS)
-    if not words:
-        raise UserError(f"trust-robust replace_words: the concept name {spec.name!r} has no word to replace; "
-                        "name the concept (e.g. --concept 'van gogh') or leave replace_words off")
-    return words
