@@ -163,6 +163,59 @@ def test_bench_end_to_end_resumes_cell_by_cell(tiny_testbed_dir, tmp_path, monke
     assert run_bench(cfg, log=logs.append)["tasks"]["circle"]["methods"]["esd-x"]["stale"] == []
 
 
+def test_an_attack_added_later_runs_alone_on_the_cell_trained_again(tiny_testbed_dir, tmp_path, monkeypatch):
+    import trust_unlearn.evaluation.evaluate as ev
+
+    ran = []
+
+    def fake_attack(model, original, task, job, out):
+        ran.append((job["label"], tuple(job["attacks"])))
+        w = sum(float(p.detach().double().abs().sum()) for p in model.pipe.unet.parameters())
+        return {"asr": {a: round(w % 1, 6) for a in job["attacks"]}, "asr_ci": {a: [0.0, 1.0] for a in job["attacks"]},
+                "attack_prompts": {a: 2 for a in job["attacks"]}, "attack_seconds": {a: 1.0 for a in job["attacks"]},
+                "pre_attack_asr": 0.5, "attack_hash": "h"}
+
+    monkeypatch.setattr(ev, "evaluate", fake_evaluate)
+    monkeypatch.setattr(cells_mod, "_attack", fake_attack)
+    monkeypatch.setattr(runner, "run_isolated", in_process)
+    results = tmp_path / "bench.json"
+    cfg = BenchConfig(model=str(tiny_testbed_dir), methods=["esd-x"], tasks=["circle"], seeds=1, attacks=["p4d"],
+                      checkpoints=[2], out=str(tmp_path / "runs"), results=str(results), workers=1,
+                      common={"steps": 3, "cache_images": 2, "cache_steps": 2, "batch": 2, "probe_every": 0},
+                      overrides={"esd-x": {"method_args": {"ddim_steps": 2}}})
+    run_bench(cfg, log=lambda *_: None)
+    first = {c["method"]: c for c in json.loads(results.read_text())["cells"]}
+    ran.clear()
+    logs = []
+    cfg.attacks = ["p4d", "paraphrase"]
+    run_bench(cfg, log=logs.append)
+    assert sorted(ran) == [("esd-x", ("paraphrase",)), ("original", ("paraphrase",))]  # only the missing attack
+    assert any("2 run again only for the attacks they lack" in line for line in logs)
+    cells = {c["method"]: c for c in json.loads(results.read_text())["cells"]}
+    esd = cells["esd-x"]
+    assert esd["asr"]["p4d"] == first["esd-x"]["asr"]["p4d"]  # the attack that ran before is kept
+    assert esd["asr"]["paraphrase"] == esd["asr"]["p4d"]  # the same weights: the model trained again is the cell's
+    assert esd["commit"] == first["esd-x"]["commit"] and esd["finished"] == first["esd-x"]["finished"]
+    (topup,) = esd["attack_topups"]
+    assert topup["attacks"] == ["paraphrase"] and topup["reproduced"] and topup["differences"] == {}
+    # nothing is missing any more: nothing runs
+    ran.clear()
+    run_bench(cfg, log=lambda *_: None)
+    assert ran == []
+
+
+def test_a_topup_whose_model_differs_says_so():
+    old = {"task": "circle", "method": "trust", "seed": 0, "forget": 0.1, "retain_unseen": 0.9, "pre_attack_asr": 0.25,
+           "asr": {"p4d": 0.5}, "asr_ci": {"p4d": [0.3, 0.7]}, "attack_prompts": {"p4d": 16}, "attack_seconds": {"p4d": 9.0}}
+    fresh = {**old, "forget": 0.125, "asr": {"paraphrase": 0.0}, "asr_ci": {"paraphrase": [0.0, 0.2]},
+             "attack_prompts": {"paraphrase": 16}, "attack_seconds": {"paraphrase": 3.0}, "commit": "new",
+             "attack_hash": "h", "finished": "now", "total_seconds": 60.0}
+    cell = cells_mod.merge_topup(old, fresh)
+    assert cell["asr"] == {"p4d": 0.5, "paraphrase": 0.0} and cell["forget"] == 0.1
+    assert cell["attack_topups"][0]["differences"] == {"forget": [0.1, 0.125]}
+    assert not cell["attack_topups"][0]["reproduced"]
+
+
 def test_bench_refuses_a_model_the_judge_cannot_grade(tiny_model_dir, tmp_path):
     with pytest.raises(UserError, match="runs on the testbed"):
         plan(BenchConfig(model=str(tiny_model_dir), methods=["uce"], tasks=["circle"], attacks=[], out=str(tmp_path / "b")))

@@ -319,7 +319,44 @@ def _share_original_images(ctx, job: dict, cache_dir: Path) -> None:
 
 
 def run_cell(job: dict) -> dict:
+    if job.get("topup"):
+        return run_topup_cell(job)
     return run_original_cell(job) if job["label"] == ORIGINAL else run_method_cell(job)
+
+
+# the figures a model trained again must give for an attack added later to be the attack of the cell's own model
+REPRODUCED_FIGURES = ("forget", "forget_geometric", "unrecognised", "anchor_rate", "retain_seen", "retain_unseen",
+                      "lookalike_seen", "lookalike_unseen", "fd_judge", "pre_attack_asr")
+
+
+def run_topup_cell(job: dict) -> dict:
+    """Attacks added to a finished cell (`job["topup"]`), which kept no model: the cell is run again (the
+    original loaded; a method trained again with the cell's seed and settings, through the same path) with only
+    the missing attacks, and they are merged into the cell with their own commit (merge_topup)."""
+    return merge_topup(job["topup"], run_cell({**job, "topup": None}))
+
+
+def merge_topup(old: dict, fresh: dict) -> dict:
+    """`old` with `fresh`'s attacks added; the cell's own figures, commit and code digests stay. Whether the
+    re-run reproduced the cell's figures (the same model, bit for bit, gives the same ones) is recorded beside
+    the attacks, with any difference: an attack on a model that differs from the cell's is marked as such."""
+    import math
+
+    def same(a, b):
+        return a == b or (isinstance(a, float) and isinstance(b, float) and math.isclose(a, b, rel_tol=1e-6, abs_tol=1e-9))
+
+    differences = {k: [old.get(k), fresh.get(k)] for k in REPRODUCED_FIGURES
+                   if k in old and not same(old.get(k), fresh.get(k))}
+    cell = dict(old)
+    for key in ("asr", "asr_ci", "attack_prompts", "attack_seconds"):
+        cell[key] = {**old.get(key, {}), **fresh[key]}
+    for key in ("pre_attack_asr", "attack_hash"):
+        cell.setdefault(key, fresh[key])
+    cell["attack_topups"] = old.get("attack_topups", []) + [{
+        "attacks": list(fresh["asr"]), "commit": fresh["commit"], "attack_hash": fresh["attack_hash"],
+        "finished": fresh["finished"], "reproduced": not differences, "differences": differences,
+        "seconds": fresh["total_seconds"]}]
+    return cell
 
 
 # ------------------------------------------------------------------ one cell, in its own process

@@ -34,7 +34,7 @@ SALUN = "salun:alpha=2"
 DEFAULT_METHODS = ("trust", "trust:reg=csr", "trust-robust", "esd-x", "esd-u", SALUN, "conceptprune", "uce", "advunlearn",
                    "trust-static")
 ABLATION_METHODS = ("trust-static", "trust-noise-saliency", "trust-zero", "trust-noreg")
-DEFAULT_ATTACKS = ("unlearndiffatk", "p4d", "ringabell", "mma")
+DEFAULT_ATTACKS = ("unlearndiffatk", "p4d", "ringabell", "mma", "paraphrase")
 TRAINING_FREE = ("conceptprune", "uce")
 BASELINES = ("esd-x", "esd-u", SALUN, "conceptprune", "uce", "advunlearn")
 METHOD_GROUPS = {"default": DEFAULT_METHODS, "baselines": BASELINES, "ablations": ABLATION_METHODS,
@@ -272,11 +272,15 @@ def run_bench(cfg: BenchConfig, log=print) -> dict:
     todo = []
     for job in jobs:
         cell = store.get((job["task"], job["label"], job["seed"]))
-        if cell is None or (cfg.rerun_stale and is_stale(cell, job)) or (job["attacks"] and "asr" not in cell):
+        if cell is None or (cfg.rerun_stale and is_stale(cell, job)):
             todo.append(job)
+        elif missing := [a for a in job["attacks"] if a not in cell.get("asr", {})]:
+            todo.append({**job, "attacks": missing, "topup": cell})  # an attack added since the cell ran
     threads = cfg.threads_per_cell
-    log(f"[bench] {len(todo)} of {len(jobs)} cells to run, {cfg.workers} at a time with {threads} thread(s) each; "
-        f"results in {store.path}")
+    topups = sum(bool(j.get("topup")) for j in todo)
+    log(f"[bench] {len(todo)} of {len(jobs)} cells to run" + (f" ({topups} run again only for the attacks they lack)"
+                                                               if topups else "")
+        + f", {cfg.workers} at a time with {threads} thread(s) each; results in {store.path}")
     started = time.time()
 
     def report(job, cell, seconds):
