@@ -214,6 +214,9 @@ def test_a_topup_whose_model_differs_says_so():
     assert cell["asr"] == {"p4d": 0.5, "paraphrase": 0.0} and cell["forget"] == 0.1
     assert cell["attack_topups"][0]["differences"] == {"forget": [0.1, 0.125]}
     assert not cell["attack_topups"][0]["reproduced"]
+    # the judge-feature distance of identical image sets is float noise, not a different model
+    noise = cells_mod.merge_topup({**old, "fd_judge": 4e-08}, {**fresh, "forget": 0.1, "fd_judge": -1.4e-08})
+    assert noise["attack_topups"][0]["reproduced"] and "fd_judge" in noise["attack_topups"][0]["differences"]
 
 
 def test_bench_refuses_a_model_the_judge_cannot_grade(tiny_model_dir, tmp_path):

@@ -336,17 +336,20 @@ def run_topup_cell(job: dict) -> dict:
     return merge_topup(job["topup"], run_cell({**job, "topup": None}))
 
 
+def reproduced(differences: dict) -> bool:
+    """Every figure the same, up to float noise: the rates are counts over fixed images (exact when the model is
+    the same); the judge-feature Fréchet distance of identical sets is numerically ~1e-8, not 0."""
+    import math
+
+    return all(isinstance(a, float) and isinstance(b, float) and math.isclose(a, b, rel_tol=1e-6, abs_tol=1e-6)
+               for a, b in differences.values())
+
+
 def merge_topup(old: dict, fresh: dict) -> dict:
     """`old` with `fresh`'s attacks added; the cell's own figures, commit and code digests stay. Whether the
     re-run reproduced the cell's figures (the same model, bit for bit, gives the same ones) is recorded beside
     the attacks, with any difference: an attack on a model that differs from the cell's is marked as such."""
-    import math
-
-    def same(a, b):
-        return a == b or (isinstance(a, float) and isinstance(b, float) and math.isclose(a, b, rel_tol=1e-6, abs_tol=1e-9))
-
-    differences = {k: [old.get(k), fresh.get(k)] for k in REPRODUCED_FIGURES
-                   if k in old and not same(old.get(k), fresh.get(k))}
+    differences = {k: [old.get(k), fresh.get(k)] for k in REPRODUCED_FIGURES if k in old and old.get(k) != fresh.get(k)}
     cell = dict(old)
     for key in ("asr", "asr_ci", "attack_prompts", "attack_seconds"):
         cell[key] = {**old.get(key, {}), **fresh[key]}
@@ -354,7 +357,7 @@ def merge_topup(old: dict, fresh: dict) -> dict:
         cell.setdefault(key, fresh[key])
     cell["attack_topups"] = old.get("attack_topups", []) + [{
         "attacks": list(fresh["asr"]), "commit": fresh["commit"], "attack_hash": fresh["attack_hash"],
-        "finished": fresh["finished"], "reproduced": not differences, "differences": differences,
+        "finished": fresh["finished"], "reproduced": reproduced(differences), "differences": differences,
         "seconds": fresh["total_seconds"]}]
     return cell
 
