@@ -143,7 +143,7 @@ def test_bench_end_to_end_resumes_cell_by_cell(tiny_testbed_dir, tmp_path, monke
     esd = next(c for c in cells if c["method"] == "esd-x" and c["seed"] == 0)
     for key in ("task", "commit", "source_hash", "forget", "forget_geometric", "unrecognised", "retain_seen",
                 "retain_unseen", "retain_unseen_before", "lookalike_unseen", "lookalike_unseen_before", "train_seconds",
-                "total_seconds", "time_to_target_seconds", "settings"):
+                "total_seconds", "time_to_target_seconds", "settings", "machine"):
         assert key in esd, key
     assert [p["step"] for p in esd["curve"]] == [2, 3] and esd["steps"] == 3
     assert esd["settings"]["common"]["lr"] == resolve_settings("esd-x", True)[1]["common"]["lr"]

@@ -197,7 +197,25 @@ def _header(job: dict) -> dict:
     """A cell's identity, taken when it starts: the commit and code it runs (a commit made while it runs is not
     its code); `finished` is stamped at the end."""
     return {"task": job["task"], "method": job["label"], "seed": int(job["seed"]), "commit": git_commit(),
-            "source_hash": source_hash(job["method"]), "settings": job.get("settings"), "threads": _threads()}
+            "source_hash": source_hash(job["method"]), "settings": job.get("settings"), "threads": _threads(),
+            "machine": machine()}
+
+
+@functools.lru_cache(maxsize=None)
+def machine() -> dict:
+    """The CPU and torch a cell ran on: training on another CPU (other vector kernels) can take another path
+    from the first float differences on, so a re-run elsewhere need not reproduce a cell bit for bit."""
+    import platform
+
+    import torch
+
+    cpu = platform.processor()
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                   if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return {"cpu": cpu, "cpu_capability": torch.backends.cpu.get_cpu_capability(), "torch": torch.__version__}
 
 
 def _finished() -> dict:
@@ -358,7 +376,7 @@ def merge_topup(old: dict, fresh: dict) -> dict:
     cell["attack_topups"] = old.get("attack_topups", []) + [{
         "attacks": list(fresh["asr"]), "commit": fresh["commit"], "attack_hash": fresh["attack_hash"],
         "finished": fresh["finished"], "reproduced": reproduced(differences), "differences": differences,
-        "seconds": fresh["total_seconds"]}]
+        "seconds": fresh["total_seconds"], "machine": fresh.get("machine")}]
     return cell
 
 
