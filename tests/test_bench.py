@@ -284,6 +284,20 @@ def test_outputs_and_readme_block_are_generated_from_the_cells(tmp_path):
     assert "| 38 [18, 61] |" in text  # the word floor column
 
 
+def test_an_attack_on_a_retrained_model_that_differs_is_marked():
+    topup = lambda ok: [{"attacks": ["paraphrase"], "reproduced": ok, "differences": {} if ok else {"forget": [0.0, 0.1]}}]  # noqa: E731
+    cells = [cell("original", 0, 0.9, 0.9, asr={"p4d": 1.0, "paraphrase": 1.0}),
+             {**cell("trust", 0, 0.0, 0.89, asr={"p4d": 0.0, "paraphrase": 0.5}), "attack_topups": topup(False)},
+             {**cell("uce", 0, 0.0, 0.89, asr={"p4d": 0.0, "paraphrase": 0.0}), "attack_topups": topup(True)}]
+    s = summarise(cells)
+    rows = s["tasks"]["circle"]["methods"]
+    assert rows["trust"]["retrained_attacks"] == ["paraphrase"] and rows["uce"]["retrained_attacks"] == []
+    section = task_tables("circle", s["tasks"]["circle"], s["attacks"])
+    assert "| `trust` | 0 [0, 19] (n=16) | 50 [28, 72] (n=16) † |" in section and "same recipe, not of the same weights" in section
+    assert "| `uce` | 0 [0, 19] (n=16) | 0 [0, 19] (n=16) |" in section
+    assert "paraphrase 50 [28, 72] (100) †" in headline(s)
+
+
 # ------------------------------------------------------------------ tuning
 def tuning_cell(task, label, curve):
     return {"task": task, "method": label, "seed": 0,

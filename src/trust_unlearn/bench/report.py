@@ -80,6 +80,9 @@ def summarise(cells: list[dict], stale: set[tuple] | None = None, floor: dict | 
             # the median over seeds, a seed that never reached the target counting as infinitely slow
             row["time_to_target"] = {"median": _median_with_misses(times), "reached": len(reached), "n": len(times)}
             row["asr"] = {a: _pooled_asr(group, a) for a in attacks}
+            # attacks added to a cell later, on a model trained again that did not reproduce the cell's figures
+            row["retrained_attacks"] = sorted({a for c in group for t in c.get("attack_topups", []) if not t["reproduced"]
+                                               for a in t["attacks"]})
             row["strongest_asr"] = max((v for v in row["asr"].values() if v), key=lambda v: v["rate"], default=None)
             row["meets_bar"] = bool(group) and not protocol_misses(row)
             entry["methods"][label] = row
@@ -187,15 +190,22 @@ def task_tables(task: str, entry: dict, attacks: list[str]) -> str:
     if attacks:
         head = ["method"] + [f"{a} ASR %" for a in attacks]
         rows = [["original"] + [_asr((o.get("asr") or {}).get(a)) for a in attacks]]
-        rows += [[f"`{label}`"] + [_asr(r["asr"].get(a)) for a in attacks] for label, r in entry["methods"].items()
-                 if any(r["asr"].values())]
+        rows += [[f"`{label}`"] + [_asr(r["asr"].get(a)) + (" †" if a in r.get("retrained_attacks", []) else "")
+                                   for a in attacks] for label, r in entry["methods"].items() if any(r["asr"].values())]
         out += ["", _md(head, rows)]
+        if any(r.get("retrained_attacks") for r in entry["methods"].values()):
+            out += ["", RETRAINED_NOTE]
         if entry.get("floor"):
             out += ["", f"Word floor: {_floor(entry['floor'])} % of {entry['floor']['n']} target prompts are 'broken' on the *original* model by "
                         "five random words of the other concepts before the anchor prompt, the concept never stated "
                         "(scripts/attack_floor.py, the attacks' seeds and success rule): an ASR near it is not "
                         "evidence that the erased concept came back."]
     return "\n".join(out)
+
+
+RETRAINED_NOTE = ("† Added after the cell ran, on the cell's method, seed and settings trained again at a later commit "
+                  "on this sitting's machine: its forget / retain figures differ from the cell's (bench.json "
+                  "`attack_topups`, with every difference), so this ASR is of the same recipe, not of the same weights.")
 
 
 def _num(x, digits: int = 0) -> str:
@@ -220,6 +230,7 @@ def headline(summary: dict) -> str:
             asr = "-" if strongest is None else (f"{name} {100 * strongest['rate']:.0f} [{100 * strongest['low']:.0f}, "
                                                  f"{100 * strongest['high']:.0f}] ({100 * orig['rate']:.0f})" if orig else
                                                  f"{name} {100 * strongest['rate']:.0f}")
+            asr += " †" if name in r.get("retrained_attacks", []) else ""
             drop = r["retain_unseen_drop"]
             rows.append([task, f"`{label}`", str(len(r["seeds"])), _pct(r["forget"]),
                          "-" if drop is None else _pct(drop).replace("-", "−"), asr, _floor(floor), _secs(r["train_seconds"]),
@@ -260,7 +271,9 @@ def update_readme(readme: Path, summary: dict, results: Path) -> None:
             "floor = the share of target prompts the original model draws the concept for from five random words of "
             "the other concepts and the anchor prompt, the concept never stated (`scripts/attack_floor.py`).")
     a, b = text.index(README_START) + len(README_START), text.index(README_END)
-    readme.write_text(text[:a] + "\n" + note + "\n\n" + headline(summary) + "\n" + text[b:])
+    table = headline(summary)
+    table += ("\n\n" + RETRAINED_NOTE) if "†" in table else ""
+    readme.write_text(text[:a] + "\n" + note + "\n\n" + table + "\n" + text[b:])
 
 
 # ------------------------------------------------------------------ plots and the HTML report
