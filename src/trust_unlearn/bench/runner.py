@@ -275,7 +275,9 @@ def run_bench(cfg: BenchConfig, log=print) -> dict:
         if cell is None or (cfg.rerun_stale and is_stale(cell, job)):
             todo.append(job)
         elif missing := [a for a in job["attacks"] if a not in cell.get("asr", {})]:
-            todo.append({**job, "attacks": missing, "topup": cell})  # an attack added since the cell ran
+            # an attack added since the cell ran: the cell run again for it alone, without its checkpoint evaluations
+            # (they draw from their own seeded generators, not the training's random state, so the training is the same)
+            todo.append({**job, "attacks": missing, "topup": cell, "checkpoints": []})
     threads = cfg.threads_per_cell
     topups = sum(bool(j.get("topup")) for j in todo)
     log(f"[bench] {len(todo)} of {len(jobs)} cells to run" + (f" ({topups} run again only for the attacks they lack)"
