@@ -217,6 +217,10 @@ def test_a_topup_whose_model_differs_says_so():
     # the judge-feature distance of identical image sets is float noise, not a different model
     noise = cells_mod.merge_topup({**old, "fd_judge": 4e-08}, {**fresh, "forget": 0.1, "fd_judge": -1.4e-08})
     assert noise["attack_topups"][0]["reproduced"] and "fd_judge" in noise["attack_topups"][0]["differences"]
+    kernels = cells_mod.merge_topup({**old, "fd_judge": 0.031872}, {**fresh, "forget": 0.1, "fd_judge": 0.031858})
+    assert kernels["attack_topups"][0]["reproduced"]  # the same model on other CPU kernels
+    path = cells_mod.merge_topup({**old, "fd_judge": 0.906}, {**fresh, "forget": 0.1, "fd_judge": 0.424})
+    assert not path["attack_topups"][0]["reproduced"]  # another model
 
 
 def test_bench_refuses_a_model_the_judge_cannot_grade(tiny_model_dir, tmp_path):

@@ -355,11 +355,14 @@ def run_topup_cell(job: dict) -> dict:
 
 
 def reproduced(differences: dict) -> bool:
-    """Every figure the same, up to float noise: the rates are counts over fixed images (exact when the model is
-    the same); the judge-feature Fréchet distance of identical sets is numerically ~1e-8, not 0."""
+    """Every figure the same up to float noise. The rates are counts over fixed images: one image judged otherwise
+    moves them by 1 % or more. The judge-feature Fréchet distance is continuous: of identical image sets it is
+    ~1e-8, not 0, and the same model run on other CPU kernels moves it by 4e-6 to 4e-4 of itself (ESD-x, SalUn,
+    UCE and ConceptPrune on `circle`, every rate identical), while a model that took another path moves it by
+    tens of percent."""
     import math
 
-    return all(isinstance(a, float) and isinstance(b, float) and math.isclose(a, b, rel_tol=1e-6, abs_tol=1e-6)
+    return all(isinstance(a, float) and isinstance(b, float) and math.isclose(a, b, rel_tol=1e-3, abs_tol=1e-6)
                for a, b in differences.values())
 
 
