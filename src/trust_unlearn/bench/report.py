@@ -204,7 +204,7 @@ def task_tables(task: str, entry: dict, attacks: list[str]) -> str:
 
 
 RETRAINED_NOTE = ("† Added after the cell ran, on the cell's method, seed and settings trained again at a later commit "
-                  "on this sitting's machine: its forget / retain figures differ from the cell's (bench.json "
+                  "(possibly on another CPU): its figures differ from the cell's (bench.json "
                   "`attack_topups`, with every difference), so this ASR is of the same recipe, not of the same weights.")
 
 
