@@ -299,7 +299,9 @@ def test_an_attack_on_a_retrained_model_that_differs_is_marked():
     section = task_tables("circle", s["tasks"]["circle"], s["attacks"])
     assert "| `trust` | 0 [0, 19] (n=16) | 50 [28, 72] (n=16) † |" in section and "same recipe, not of the same weights" in section
     assert "| `uce` | 0 [0, 19] (n=16) | 0 [0, 19] (n=16) |" in section
-    assert "paraphrase 50 [28, 72] (100) †" in headline(s)
+    assert "paraphrase 50 [28, 72] (100) †" in headline(s) and "same recipe, not of the same weights" in headline(s)
+    reproduced = summarise([c for c in cells if c["method"] != "trust"])
+    assert "†" not in headline(reproduced) and "same recipe" not in headline(reproduced)
 
 
 # ------------------------------------------------------------------ tuning
@@ -342,6 +344,16 @@ def test_an_original_cell_goes_stale_with_the_evaluation_not_the_training_engine
     assert cells_mod.source_hash("original") == original and cells_mod.source_hash("trust") != trained
     monkeypatch.setattr(cells_mod, "EVALUATION_FILES", cells_mod.EVALUATION_FILES[:-1])  # and the evaluation
     assert cells_mod.source_hash("original") != original
+
+
+def test_a_probe_interval_that_decides_nothing_does_not_make_a_cell_stale():
+    job = {"method": "trust-robust", "settings": {"common": {"steps": 200, "stop": False, "probe_every": 0}, "method_args": {}}}
+    cell = {"source_hash": cells_mod.source_hash("trust-robust"),
+            "settings": {"common": {"steps": 200, "stop": False}, "method_args": {}}}
+    assert not runner.is_stale(cell, job)  # it never stopped: its probes were only logged
+    stopping = {"common": {"steps": 200, "probe_every": 0}, "method_args": {}}
+    assert runner.is_stale({**cell, "settings": {"common": {"steps": 200}, "method_args": {}}}, {**job, "settings": stopping})
+    assert runner.is_stale(cell, {**job, "settings": {"common": {"steps": 100, "stop": False}, "method_args": {}}})
 
 
 def test_figure_neutral_edits_name_a_reachable_version():

@@ -116,6 +116,9 @@ def test_robust_flag_selects_the_method():
     assert parse("--robust", "--method-arg", "attack_every=5").method_args["attack_every"] == 5
     with pytest.raises(UserError, match="--robust selects"):
         parse("--robust", "--method", "esd-x")
+    assert "probe_every" not in parse("--robust").common  # its tuned settings never probe (it never stops)
+    assert parse("--robust", "--stop").common == {"stop": True, "probe_every": 25}  # told to stop, it probes
+    assert parse("--robust", "--stop", "--probe-every", "10").common["probe_every"] == 10
 
 
 def test_resume_restores_the_adversarial_bank(tiny_run_config, tmp_path):

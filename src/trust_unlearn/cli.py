@@ -251,7 +251,8 @@ def _unlearn_args(p):
                    help="run every --steps step, even once the probes read the concept gone and retain intact")
     g.add_argument("--stop", dest="stop", action="store_const", const=True, default=None,
                    help="stop once the probes read the concept gone (the default, except for --robust, whose "
-                        "robustness keeps growing after the plain prompts are forgotten)")
+                        "robustness keeps growing after the plain prompts are forgotten, and which does not probe "
+                        "unless told to stop)")
     g.add_argument("--stop-patience", type=int, default=None,
                    help="stop once this many probes in a row read the concept gone (2; testbed TRUST: 1, tuned)")
     g.add_argument("--stop-forget", type=float, default=None,
@@ -316,6 +317,11 @@ def unlearn_config_from_args(args):
     if args.no_eval:
         cfg.evaluate = False
     cfg.common = {**cfg.common, **{k: getattr(args, k) for k in _COMMON_FLAGS if getattr(args, k) is not None}}
+    if args.stop and args.probe_every is None:
+        from trust_unlearn.methods.base import CommonConfig
+
+        # the rule reads probes: --stop probes even where the method's settings skip them (trust-robust)
+        cfg.common.setdefault("probe_every", CommonConfig.probe_every)
     cfg.method_args = {**cfg.method_args, **{k: getattr(args, k) for k in _TRUST_FLAGS if getattr(args, k) is not None},
                        **parse_key_values(args.method_arg)}
     cfg.eval = {**cfg.eval, **parse_key_values(args.eval_arg, "--eval-arg")}

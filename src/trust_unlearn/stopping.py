@@ -36,13 +36,18 @@ class StoppingRule:
         self.reference: dict | None = None  # the original model's reading (set by `calibrate`)
         self.streak = 0  # consecutive probes that read forgotten
 
+    def texts(self) -> list[list[str]]:
+        """The probes' prompts, in the batches and the order a reading scores them: target, anchor, retain."""
+        spec = self.ctx.spec
+        return [[spec.targets[i] for i in self.targets], [spec.anchors[i] for i in self.targets]] + (
+            [self.retains] if self.retains else [])
+
     @torch.no_grad()
     def read(self) -> dict:
         """present: share of target probes read as the concept (margins: A(x, c) - A(x, a) per probe);
         retain_alignment: mean A over retain probes."""
-        ctx, spec = self.ctx, self.ctx.spec
-        targets = [spec.targets[i] for i in self.targets]
-        anchors = [spec.anchors[i] for i in self.targets]
+        ctx = self.ctx
+        targets, anchors = self.texts()[:2]
         images = generate(ctx.model, targets + self.retains, self.seeds, num_inference_steps=ctx.common.probe_steps,
                           show_progress=False).to(ctx.device)
         n = len(targets)

@@ -209,6 +209,11 @@ def run_unlearn(cfg: UnlearnConfig, resume: bool = False, overwrite: bool = Fals
     rule = None
     if common.probe_every and ctx.scorer is not None:
         rule = StoppingRule(ctx)
+    if ctx.scorer is not None:
+        # the scorer keeps each text's features from the batch it first saw: the probes' texts go first, in
+        # the probes' batches, whether or not this run probes, so that probing never changes what TRUST reads
+        for texts in StoppingRule(ctx).texts():
+            ctx.scorer.prepare_texts(texts)
 
     grid_prompts = _grid_prompts(spec)
     if resume and ckpt_path.exists():

@@ -68,6 +68,11 @@ FIGURE_NEUTRAL_EDITS = {
     ("attacks/base.py", "8adac3fe3b72"): "f399d329e76ce26ed2fe09b16780131ccd80a0c4",
     ("attacks/__init__.py", "e6bbf56a8c3b"): "f399d329e76ce26ed2fe09b16780131ccd80a0c4",
     ("attacks/cli.py", "05afdbcba3b4"): "f399d329e76ce26ed2fe09b16780131ccd80a0c4",
+    # the probes' texts are embedded first, in their batches, whether or not a run probes: a run that probes (every
+    # TRUST cell) reads the same text features as before, bit for bit (scripts/figure_neutral_check.py with its
+    # testbed runs, before / after: results/diagnostics/probe_texts/neutral_check.json)
+    ("unlearn.py", "98ee791589b2"): "5bc5ef9546094b20e90ad315018bcba3dc2176a2",
+    ("stopping.py", "49e6ba508980"): "5bc5ef9546094b20e90ad315018bcba3dc2176a2",
 }
 
 

@@ -190,8 +190,7 @@ def task_tables(task: str, entry: dict, attacks: list[str]) -> str:
     if attacks:
         head = ["method"] + [f"{a} ASR %" for a in attacks]
         rows = [["original"] + [_asr((o.get("asr") or {}).get(a)) for a in attacks]]
-        rows += [[f"`{label}`"] + [_asr(r["asr"].get(a)) + (" †" if a in r.get("retrained_attacks", []) else "")
-                                   for a in attacks] for label, r in entry["methods"].items() if any(r["asr"].values())]
+        rows += [[f"`{label}`"] + [_asr(r["asr"].get(a)) + _retrained_mark(r, a) for a in attacks] for label, r in entry["methods"].items() if any(r["asr"].values())]
         out += ["", _md(head, rows)]
         if any(r.get("retrained_attacks") for r in entry["methods"].values()):
             out += ["", RETRAINED_NOTE]
@@ -201,6 +200,11 @@ def task_tables(task: str, entry: dict, attacks: list[str]) -> str:
                         "(scripts/attack_floor.py, the attacks' seeds and success rule): an ASR near it is not "
                         "evidence that the erased concept came back."]
     return "\n".join(out)
+
+
+def _retrained_mark(row: dict, attack: str | None) -> str:
+    """' †' on an ASR that a top-up added from a re-run that did not reproduce the cell (RETRAINED_NOTE)."""
+    return " †" if attack in row.get("retrained_attacks", []) else ""
 
 
 RETRAINED_NOTE = ("† Added after the cell ran, on the cell's method, seed and settings trained again at a later commit "
@@ -217,10 +221,11 @@ def _md(head: list[str], rows: list[list[str]]) -> str:
 
 
 def headline(summary: dict) -> str:
-    """The README's headline table: per task and method, forget / unseen-retain drop / strongest ASR / time."""
+    """The README's headline table: per task and method, forget / unseen-retain drop / strongest ASR / time;
+    RETRAINED_NOTE below it when a strongest ASR is marked."""
     head = ["task", "method", "seeds", "forget %", "unseen retain drop, points", "strongest attack ASR % (original)",
             "word floor %", "train s", "time to target s (reached)"]
-    rows = []
+    rows, marked = [], False
     for task, entry in summary["tasks"].items():
         o, floor = entry["original"] or {}, entry.get("floor")
         for label, r in entry["methods"].items():
@@ -230,12 +235,13 @@ def headline(summary: dict) -> str:
             asr = "-" if strongest is None else (f"{name} {100 * strongest['rate']:.0f} [{100 * strongest['low']:.0f}, "
                                                  f"{100 * strongest['high']:.0f}] ({100 * orig['rate']:.0f})" if orig else
                                                  f"{name} {100 * strongest['rate']:.0f}")
-            asr += " †" if name in r.get("retrained_attacks", []) else ""
+            asr += _retrained_mark(r, name)
+            marked = marked or bool(_retrained_mark(r, name))
             drop = r["retain_unseen_drop"]
             rows.append([task, f"`{label}`", str(len(r["seeds"])), _pct(r["forget"]),
                          "-" if drop is None else _pct(drop).replace("-", "−"), asr, _floor(floor), _secs(r["train_seconds"]),
                          _ttt(r["time_to_target"])])
-    return _md(head, rows)
+    return _md(head, rows) + (("\n\n" + RETRAINED_NOTE) if marked else "")
 
 
 def write_csv(cells: list[dict], path: Path) -> None:
@@ -271,9 +277,7 @@ def update_readme(readme: Path, summary: dict, results: Path) -> None:
             "floor = the share of target prompts the original model draws the concept for from five random words of "
             "the other concepts and the anchor prompt, the concept never stated (`scripts/attack_floor.py`).")
     a, b = text.index(README_START) + len(README_START), text.index(README_END)
-    table = headline(summary)
-    table += ("\n\n" + RETRAINED_NOTE) if "†" in table else ""
-    readme.write_text(text[:a] + "\n" + note + "\n\n" + table + "\n" + text[b:])
+    readme.write_text(text[:a] + "\n" + note + "\n\n" + headline(summary) + "\n" + text[b:])
 
 
 # ------------------------------------------------------------------ plots and the HTML report

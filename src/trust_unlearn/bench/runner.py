@@ -246,7 +246,17 @@ def is_stale(cell: dict, job: dict) -> bool:
     """The cell ran other code or other settings than the job would now."""
     from trust_unlearn.bench.cells import source_hash
 
-    return cell.get("source_hash") != source_hash(job["method"]) or cell.get("settings") != job["settings"]
+    return (cell.get("source_hash") != source_hash(job["method"])
+            or _deciding_settings(cell.get("settings")) != _deciding_settings(job["settings"]))
+
+
+def _deciding_settings(settings: dict | None) -> dict | None:
+    """Settings as far as they decide a cell's model: a run that never stops only logs its probes (the same
+    weights with or without them, tests/test_stopping.py), so their interval is left out; such a cell's train
+    seconds include probes the current settings may skip (docs/baselines.md)."""
+    if not settings or settings["common"].get("stop", True):
+        return settings
+    return {**settings, "common": {k: v for k, v in settings["common"].items() if k != "probe_every"}}
 
 
 # ------------------------------------------------------------------ running

@@ -19,6 +19,9 @@ class AlignmentScorer:
     def score(self, images: torch.Tensor, texts: list[str]) -> torch.Tensor:  # pragma: no cover - interface
         raise NotImplementedError
 
+    def prepare_texts(self, texts: list[str]) -> None:
+        """Compute and keep these texts' features now, as one batch (a scorer without a text cache: nothing)."""
+
     def to(self, device):
         return self
 
@@ -45,6 +48,10 @@ class TestbedScorer(AlignmentScorer):
         if missing:
             self._text_cache.update(zip(missing, self.net.embed_texts(sentence_embeddings(self.tokenizer, self.encoder, missing))))
         return torch.stack([self._text_cache[t] for t in texts])
+
+    def prepare_texts(self, texts):
+        # a text's cached features depend on the batch it was first embedded in (padding to the longest)
+        self._text(texts)
 
     def score(self, images, texts):
         if images.shape[-1] != 32:
