@@ -23,7 +23,6 @@ RUNS = (("cip", "trust", {}), ("csr", "trust", {"reg": "csr"}), ("robust", "trus
 # the shipped testbed with its own scorer (a text-feature cache the tiny CLIP scorer lacks), probing every 2
 # steps as every bench cell of TRUST probes (trust-robust's did until 2026-12-06)
 TESTBED_RUNS = (("testbed_cip", "trust", {}), ("testbed_robust", "trust-robust", {"attack_every": 2}))
-TESTBED_COMMON = dict(steps=4, batch=2, cache_images=4, cache_steps=2, probes=4, probe_steps=2, probe_every=2, stop=False)
 
 
 def tensor_digest(path: Path) -> str:
@@ -44,8 +43,8 @@ def main() -> None:
                         help="only these runs (an edit that reaches one method needs only its run)")
     args = parser.parse_args()
     import trust_unlearn
-    from conftest import build_tiny_clip, build_tiny_pipeline, tiny_unlearn_config
-    from trust_unlearn.unlearn import UnlearnConfig, run_unlearn
+    from conftest import build_tiny_clip, build_tiny_pipeline, testbed_unlearn_config, tiny_unlearn_config
+    from trust_unlearn.unlearn import run_unlearn
 
     model, clip = args.workdir / "sd-tiny", args.workdir / "clip-tiny"
     if not model.exists():
@@ -59,9 +58,8 @@ def main() -> None:
         result[label] = tensor_digest(out / "delta.safetensors")
     for label, method, extra in [r for r in TESTBED_RUNS if args.runs is None or r[0] in args.runs]:
         out = args.workdir / f"run-{label}"
-        run_unlearn(UnlearnConfig(model="testbed", method=method, concept="circle", out=str(out), evaluate=False,
-                                  common=TESTBED_COMMON, method_args=dict(saliency_steps=2, backprop_depth=1,
-                                                                          saliency_batch=1, **extra)), overwrite=True)
+        run_unlearn(testbed_unlearn_config(out, method=method, common=dict(probe_every=2, stop=False), method_args=extra),
+                    overwrite=True)
         result[label] = tensor_digest(out / "delta.safetensors")
     print(json.dumps(result, indent=1))
     if args.json:

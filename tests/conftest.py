@@ -84,6 +84,19 @@ def tiny_unlearn_config(model_dir, clip_dir, out, **overrides):
     return UnlearnConfig(**cfg)
 
 
+def testbed_unlearn_config(out, **overrides):
+    """A TRUST run on the shipped testbed (its own scorer) small enough for a unit test; also used by
+    scripts/figure_neutral_check.py."""
+    from trust_unlearn.unlearn import UnlearnConfig
+
+    common = dict(steps=4, batch=2, cache_images=4, cache_steps=2, probes=4, probe_steps=2)
+    common.update(overrides.pop("common", {}))
+    method_args = dict(saliency_steps=2, backprop_depth=1, saliency_batch=1)
+    method_args.update(overrides.pop("method_args", {}))
+    return UnlearnConfig(**{"model": "testbed", "method": "trust", "concept": "circle", "out": str(out), "evaluate": False,
+                            "common": common, "method_args": method_args, **overrides})
+
+
 @pytest.fixture
 def tiny_run_config(tiny_model_dir, tiny_clip_dir, tmp_path):
     return lambda **overrides: tiny_unlearn_config(tiny_model_dir, tiny_clip_dir, **{"out": tmp_path / "out", **overrides})

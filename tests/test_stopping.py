@@ -119,13 +119,10 @@ def test_probes_leave_the_training_unchanged(tmp_path):
     """Probes generate from their own seeds, and the testbed scorer's text features (which depend on the batch
     a text is first embedded in) are computed in the probes' batches whether or not a run probes: a run that
     never probes trains the same weights, bit for bit (why trust-robust, which never stops, skips them)."""
-    from trust_unlearn.unlearn import UnlearnConfig
+    from conftest import testbed_unlearn_config
 
     def run(name, **common):
-        cfg = UnlearnConfig(model="testbed", method="trust", concept="circle", out=str(tmp_path / name), evaluate=False,
-                            common=dict(steps=4, batch=2, cache_images=4, cache_steps=2, probes=4, probe_steps=2, **common),
-                            method_args=dict(saliency_steps=2, backprop_depth=1, saliency_batch=1))
-        summary = run_unlearn(cfg)
+        summary = run_unlearn(testbed_unlearn_config(tmp_path / name, common=common))
         return summary, load_file(tmp_path / name / "delta.safetensors")
 
     probed, a = run("probed", probe_every=2, stop=False)

@@ -212,7 +212,7 @@ def run_unlearn(cfg: UnlearnConfig, resume: bool = False, overwrite: bool = Fals
     if ctx.scorer is not None:
         # the scorer keeps each text's features from the batch it first saw: the probes' texts go first, in
         # the probes' batches, whether or not this run probes, so that probing never changes what TRUST reads
-        for texts in StoppingRule(ctx).texts():
+        for texts in (rule or StoppingRule(ctx)).texts():
             ctx.scorer.prepare_texts(texts)
 
     grid_prompts = _grid_prompts(spec)

@@ -71,7 +71,7 @@ FIGURE_NEUTRAL_EDITS = {
     # the probes' texts are embedded first, in their batches, whether or not a run probes: a run that probes (every
     # TRUST cell) reads the same text features as before, bit for bit (scripts/figure_neutral_check.py with its
     # testbed runs, before / after: results/diagnostics/probe_texts/neutral_check.json)
-    ("unlearn.py", "98ee791589b2"): "5bc5ef9546094b20e90ad315018bcba3dc2176a2",
+    ("unlearn.py", "4d322c776b3a"): "5bc5ef9546094b20e90ad315018bcba3dc2176a2",
     ("stopping.py", "49e6ba508980"): "5bc5ef9546094b20e90ad315018bcba3dc2176a2",
 }
 

@@ -190,7 +190,8 @@ def task_tables(task: str, entry: dict, attacks: list[str]) -> str:
     if attacks:
         head = ["method"] + [f"{a} ASR %" for a in attacks]
         rows = [["original"] + [_asr((o.get("asr") or {}).get(a)) for a in attacks]]
-        rows += [[f"`{label}`"] + [_asr(r["asr"].get(a)) + _retrained_mark(r, a) for a in attacks] for label, r in entry["methods"].items() if any(r["asr"].values())]
+        rows += [[f"`{label}`"] + [_asr(r["asr"].get(a)) + _retrained_mark(r, a) for a in attacks]
+                 for label, r in entry["methods"].items() if any(r["asr"].values())]
         out += ["", _md(head, rows)]
         if any(r.get("retrained_attacks") for r in entry["methods"].values()):
             out += ["", RETRAINED_NOTE]
@@ -235,8 +236,8 @@ def headline(summary: dict) -> str:
             asr = "-" if strongest is None else (f"{name} {100 * strongest['rate']:.0f} [{100 * strongest['low']:.0f}, "
                                                  f"{100 * strongest['high']:.0f}] ({100 * orig['rate']:.0f})" if orig else
                                                  f"{name} {100 * strongest['rate']:.0f}")
-            asr += _retrained_mark(r, name)
-            marked = marked or bool(_retrained_mark(r, name))
+            mark = _retrained_mark(r, name)
+            asr, marked = asr + mark, marked or bool(mark)
             drop = r["retain_unseen_drop"]
             rows.append([task, f"`{label}`", str(len(r["seeds"])), _pct(r["forget"]),
                          "-" if drop is None else _pct(drop).replace("-", "−"), asr, _floor(floor), _secs(r["train_seconds"]),
