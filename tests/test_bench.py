@@ -269,6 +269,21 @@ def test_summary_means_intervals_median_time_and_pooled_asr():
     assert "p4d 50 [" in table and "(100)" in table and "7 (2/3)" in table
 
 
+def test_pre_attack_asr_is_pooled_and_shown_beside_the_attacks():
+    """The target prompts alone on the attacks' seeds: the floor under every ASR of the cell, in both tables."""
+    cells = [{**cell("original", 0, 0.9, 0.9, asr={"p4d": 1.0}), "pre_attack_asr": 1.0},
+             {**cell("trust", 0, 0.0, 0.89, asr={"p4d": 0.5, "mma": 0.25}), "pre_attack_asr": 0.25},
+             {**cell("trust", 1, 0.0, 0.89, asr={"p4d": 0.5}), "pre_attack_asr": 0.5}, cell("trust", 2, 0.0, 0.89)]
+    s = summarise(cells)
+    pre = s["tasks"]["circle"]["methods"]["trust"]["pre_attack_asr"]
+    assert pre["n"] == 32 and pre["rate"] == pytest.approx(12 / 32)  # 4 + 8 of 16 prompts each; seed 2 not attacked
+    assert s["tasks"]["circle"]["original"]["pre_attack_asr"]["rate"] == 1.0
+    section = task_tables("circle", s["tasks"]["circle"], s["attacks"])
+    assert "| method | pre-attack ASR % | p4d ASR % | mma ASR % |" in section
+    assert "| `trust` | 38 [" in section
+    assert "| 38 [" in headline(s) and "pre-attack ASR %" in headline(s)
+
+
 def test_outputs_and_readme_block_are_generated_from_the_cells(tmp_path):
     cells = [cell("original", 0, 0.9, 0.9, asr={"p4d": 1.0}), cell("trust", 0, 0.0, 0.89, ttt=5.0, asr={"p4d": 0.0})]
     floor = {"model": "testbed", "task": "circle", "floor": {"asr": 0.375, "asr_ci": [0.18, 0.61], "prompts": ["p"] * 16}}
@@ -297,8 +312,8 @@ def test_an_attack_on_a_retrained_model_that_differs_is_marked():
     rows = s["tasks"]["circle"]["methods"]
     assert rows["trust"]["retrained_attacks"] == ["paraphrase"] and rows["uce"]["retrained_attacks"] == []
     section = task_tables("circle", s["tasks"]["circle"], s["attacks"])
-    assert "| `trust` | 0 [0, 19] (n=16) | 50 [28, 72] (n=16) † |" in section and "same recipe, not of the same weights" in section
-    assert "| `uce` | 0 [0, 19] (n=16) | 0 [0, 19] (n=16) |" in section
+    assert "| `trust` | - | 0 [0, 19] (n=16) | 50 [28, 72] (n=16) † |" in section and "same recipe, not of the same weights" in section
+    assert "| `uce` | - | 0 [0, 19] (n=16) | 0 [0, 19] (n=16) |" in section
     assert "paraphrase 50 [28, 72] (100) †" in headline(s) and "same recipe, not of the same weights" in headline(s)
     reproduced = summarise([c for c in cells if c["method"] != "trust"])
     assert "†" not in headline(reproduced) and "same recipe" not in headline(reproduced)
