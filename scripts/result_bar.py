@@ -149,7 +149,7 @@ def main() -> int:
     parser.add_argument("--attacks", nargs="+", default=None,
                         help="attacks on seed 0 (default: the bench's, so the cells are the bench's own); 'none'")
     parser.add_argument("--cells", default=None, help="the bench cells file (default results/bench/bench.json, "
-                                                      "results/bench/dev.json with --dev)")
+                                                      "results/dev/bench.json with --dev: its own folder, as the bench writes its report beside the cells)")
     parser.add_argument("--results", default=None, help="the result bar's file (default results/result-bar.json, "
                                                         "results/result-bar-dev.json with --dev)")
     parser.add_argument("--out", default="runs/bench", help="run folders")
@@ -159,7 +159,7 @@ def main() -> int:
     tasks = args.tasks or list(DEV_TASKS if args.dev else TEST_TASKS)
     if not args.dev and set(tasks) & set(DEV_TASKS) or args.dev and set(tasks) & set(TEST_TASKS):
         raise SystemExit("mixing dev and test tasks in one results file: use --dev for dev tasks only")
-    cells_path = ROOT / (args.cells or ("results/bench/dev.json" if args.dev else "results/bench/bench.json"))
+    cells_path = ROOT / (args.cells or ("results/dev/bench.json" if args.dev else "results/bench/bench.json"))
     results = ROOT / (args.results or ("results/result-bar-dev.json" if args.dev else "results/result-bar.json"))
     labels = [method_label(r) for r in args.regs]
     if not args.report_only:
