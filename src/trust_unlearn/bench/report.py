@@ -30,25 +30,21 @@ CSV_FIELDS = ("task", "method", "seed", "commit", "source_hash", "forget", "forg
 
 
 # ------------------------------------------------------------------ aggregation
+def _pooled(rates: list[tuple[float, int]]) -> dict | None:
+    """One rate over several cells' target prompts: (rate, prompts) per cell, successes pooled, Wilson interval."""
+    return wilson_ci(sum(round(rate * n) for rate, n in rates), sum(n for _, n in rates))
+
+
 def _pooled_asr(cells: list[dict], attack: str) -> dict | None:
     """The ASR of an attack over every attacked cell (successes pooled over their target prompts)."""
-    hits = n = 0
-    for c in cells:
-        if attack in (c.get("asr") or {}):
-            k = c["attack_prompts"][attack]
-            hits, n = hits + round(c["asr"][attack] * k), n + k
-    return wilson_ci(hits, n)
+    return _pooled([(c["asr"][attack], c["attack_prompts"][attack]) for c in cells if attack in (c.get("asr") or {})])
 
 
 def _pooled_pre_attack(cells: list[dict]) -> dict | None:
     """The pre-attack ASR (the target prompts alone, on the attacks' image seeds) over every attacked cell: the
     floor under every attack's ASR of the same cell."""
-    hits = n = 0
-    for c in cells:
-        if c.get("asr") and c.get("pre_attack_asr") is not None:
-            k = max(c["attack_prompts"].values())
-            hits, n = hits + round(c["pre_attack_asr"] * k), n + k
-    return wilson_ci(hits, n) if n else None
+    return _pooled([(c["pre_attack_asr"], max(c["attack_prompts"].values())) for c in cells
+                    if c.get("asr") and c.get("pre_attack_asr") is not None])
 
 
 FLOOR_FILE = "floor.json"  # scripts/attack_floor.py --json, beside the cells: the attacks' word floor per task
