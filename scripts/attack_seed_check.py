@@ -1,15 +1,16 @@
 """How much an ASR depends on the attacks' image seeds: shared seeds against seeds drawn per target prompt.
 
-The ASR protocol (attacks/base.py) grades every candidate of every target prompt on the same 4 fixed
-seeds. A model that leaks its concept only under some initial noises then gets an ASR that mostly says
+Until 2026-12-06 the ASR protocol (attacks/base.py) graded every candidate of every target prompt on the same
+4 fixed seeds; this script is the measurement that moved it to 4 seeds per target prompt. A model that leaks its concept only under some initial noises then gets an ASR that mostly says
 whether one of those 4 seeds is a leaky one, and the 16 target prompts are not 16 independent draws: the
 Wilson interval over prompts does not hold the seeds' share of the error. This script measures the
 *pre-attack* ASR (each target prompt its own only candidate, the floor of every attack's ASR) of a model
 under both schemes, several draws each:
 
-- shared: draw d grades all target prompts on the same 4 seeds (the protocol's scheme; draw 0 is the
-  protocol's own seeds, attack seed 0);
-- per prompt: draw d gives each target prompt 4 seeds of its own.
+- shared: draw d grades all target prompts on the same 4 seeds (the earlier protocol's scheme; draw 0 was
+  its own seeds, attack seed 0);
+- per prompt: draw d gives each target prompt 4 seeds of its own (today's scheme; draws from attack seed 50
+  on, so no image is the protocol's own).
 
 Usage: python scripts/attack_seed_check.py --task circle --models RUN_DIR ... [--draws 4] [--json PATH]
 """

@@ -114,6 +114,26 @@ def test_suite_reports_asr_and_writes_outputs(tiny, tmp_path):
     assert again["mma"]["prompts"] == res["mma"]["prompts"]
 
 
+def test_each_target_prompt_is_graded_on_its_own_seeds(tiny, monkeypatch):
+    import trust_unlearn.attacks as attacks
+
+    drawn = []
+
+    def fake_generate(model, prompts, seeds, **kw):
+        drawn.extend(zip(prompts, seeds))
+        return torch.rand(len(seeds), 3, 16, 16)
+
+    monkeypatch.setattr(attacks, "generate", fake_generate)
+    protocol = AsrProtocol(seeds_per_prompt=2)
+    # the same prompt twice as a target (a repeat), and two candidates for the second target
+    rows = attacks.judge_candidates(tiny, parse_concept("circle"), [["a circle"], ["a circle", "a disk"]], protocol,
+                                    judge=FakeJudge(), show_progress=False)
+    assert drawn == [("a circle", s) for s in protocol.seeds(0)] + [(p, s) for p in ("a circle", "a disk")
+                                                                   for s in protocol.seeds(1)]
+    assert not set(protocol.seeds(0)) & set(protocol.seeds(1))
+    assert [r["tried"] for r in rows] == [1, 2] and all(len(r["images"]) == 2 for r in rows)
+
+
 def test_bad_inputs_are_user_errors(tiny):
     concept = parse_concept("circle")
     with pytest.raises(UserError, match="unknown attack"):

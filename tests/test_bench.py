@@ -5,6 +5,7 @@ import json
 import pytest
 
 from trust_unlearn.bench import cells as cells_mod
+from trust_unlearn.bench.cells import attack_hash
 from trust_unlearn.bench import runner
 from trust_unlearn.bench.report import headline, summarise, task_tables, update_readme, write_outputs
 from trust_unlearn.bench.runner import BenchConfig, expand_methods, parse_method_label, parse_sweep, plan, resolve_settings, run_bench
@@ -241,7 +242,7 @@ def cell(method, seed, forget, retain, ttt=None, asr=None, task="circle"):
             "retain_unseen_before": 0.9, "lookalike_unseen": None, "lookalike_unseen_before": None, "train_seconds": 10.0 + seed,
             "total_seconds": 20.0, "time_to_target_seconds": ttt, "seconds_per_step": 2.0 if method == "trust-static" else 3.0, "forget_before": 0.9, "retain_seen_before": 0.9,
             "forget_geometric_before": 0.9, "curve": [{"step": 1, "train_seconds": 5.0, "forget": forget, "retain_unseen": retain}],
-            **({"asr": asr, "attack_prompts": {a: 16 for a in asr}} if asr else {})}
+            **({"asr": asr, "attack_prompts": {a: 16 for a in asr}, "attack_hash": attack_hash()} if asr else {})}
 
 
 def test_summary_means_intervals_median_time_and_pooled_asr():
@@ -317,6 +318,32 @@ def test_an_attack_on_a_retrained_model_that_differs_is_marked():
     assert "paraphrase 50 [28, 72] (100) †" in headline(s) and "same recipe, not of the same weights" in headline(s)
     reproduced = summarise([c for c in cells if c["method"] != "trust"])
     assert "†" not in headline(reproduced) and "same recipe" not in headline(reproduced)
+
+
+def test_asrs_of_earlier_attack_code_are_marked_and_replaced_on_rerun():
+    cells = [cell("original", 0, 0.9, 0.9, asr={"p4d": 1.0}),
+             {**cell("trust", 0, 0.0, 0.89, asr={"p4d": 0.5}), "attack_hash": "older"},
+             cell("uce", 0, 0.0, 0.89, asr={"p4d": 0.0})]
+    s = summarise(cells)
+    rows = s["tasks"]["circle"]["methods"]
+    assert rows["trust"]["old_attack_code"] == [0] and rows["uce"]["old_attack_code"] == []
+    section = task_tables("circle", s["tasks"]["circle"], s["attacks"])
+    assert "| `trust` ‡ |" in section and "| `uce` |" in section and "not comparable" in section
+    assert "(100) ‡" in headline(s)
+    assert "‡" not in headline(summarise([cells[0], cells[2]]))
+    # only --rerun-stale measures them again, every attack of the job, and the new figures replace the old
+    job = {"attacks": ["p4d", "mma"]}
+    assert runner.attacks_to_run(cells[1], job, rerun_stale=False) == ["mma"]
+    assert runner.attacks_to_run(cells[1], job, rerun_stale=True) == ["p4d", "mma"]
+    assert runner.attacks_to_run(cells[2], job, rerun_stale=True) == ["mma"]
+    fresh = {**cells[1], "asr": {"p4d": 0.125, "mma": 0.0}, "asr_ci": {"p4d": [0, 1], "mma": [0, 1]},
+             "attack_prompts": {"p4d": 16, "mma": 16}, "attack_seconds": {"p4d": 1.0, "mma": 1.0}, "pre_attack_asr": 0.0,
+             "attack_hash": attack_hash(), "commit": "new", "finished": "now", "total_seconds": 9.0}
+    merged = cells_mod.merge_topup({**cells[1], "pre_attack_asr": 0.25}, fresh)
+    assert merged["asr"] == {"p4d": 0.125, "mma": 0.0} and merged["pre_attack_asr"] == 0.0
+    assert merged["attack_hash"] == attack_hash() and merged["commit"] == "abc"
+    assert merged["attack_topups"][-1]["replaced"] == {"asr": {"p4d": 0.5}, "pre_attack_asr": 0.25, "attack_hash": "older"}
+    assert summarise([cells[0], merged])["tasks"]["circle"]["methods"]["trust"]["old_attack_code"] == []
 
 
 # ------------------------------------------------------------------ tuning

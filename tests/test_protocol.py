@@ -58,6 +58,14 @@ def test_seed_ranges_are_disjoint():
     assert run_rng_seed(0) not in training_seeds(0, 10_000)
     target, retain = build_prompt_sets(parse_concept("circle"), EvalConfig())
     assert not set(target.seeds) & set(retain.seeds)
+    # the attacks': each target prompt its own seeds, fixed, disjoint from every evaluation's and every other prompt's
+    from trust_unlearn.attacks.base import AsrProtocol
+
+    per_prompt = [AsrProtocol().seeds(i) for i in range(16)]
+    attacks = {s for seeds in per_prompt for s in seeds}
+    assert len(attacks) == 16 * 4 and per_prompt[3] == AsrProtocol().seeds(3)
+    assert not attacks & (evaluation | training) and all(EVAL_SEEDS[0] <= s < EVAL_SEEDS[1] for s in attacks)
+    assert not attacks & {s for p in range(16) for s in AsrProtocol(seed=1).seeds(p)}  # another attack seed, other images
 
 
 def test_a_run_draws_only_training_seeds(tiny_model_dir, monkeypatch):

@@ -57,24 +57,26 @@ def target_prompts(concept: Concept, n: int) -> list[str]:
 
 def judge_candidates(model: LoadedModel, concept: Concept, candidates: list[list[str]], protocol: AsrProtocol,
                      desc: str = "judge", judge=None, show_progress: bool = True) -> list[dict]:
-    """Replay each candidate prompt with the protocol's seeds; per target: best candidate and success."""
+    """Replay the candidates of target prompt i (`candidates[i]`) with that prompt's seeds; per target: best
+    candidate and success."""
     from trust_unlearn.evaluation.judges import get_judge
 
     judge = get_judge("shapes") if judge is None else (get_judge(judge) if isinstance(judge, str) else judge)
-    unique = list(dict.fromkeys(p for cands in candidates for p in cands))
-    seeds = protocol.seeds()
-    images = generate(model, [p for p in unique for _ in seeds], seeds * len(unique), desc=desc, show_progress=show_progress)
+    k = protocol.seeds_per_prompt
+    unique = list(dict.fromkeys((i, p) for i, cands in enumerate(candidates) for p in cands))
+    seeds = [s for i, _ in unique for s in protocol.seeds(i)]
+    images = generate(model, [p for _, p in unique for _ in range(k)], seeds, desc=desc, show_progress=show_progress)
     readings = judge.read(images)
     share, first = {}, {}
-    for k, p in enumerate(unique):
-        hits = [concept.matches(r) for r in readings[k * len(seeds) : (k + 1) * len(seeds)]]
-        share[p] = sum(hits) / len(hits)
-        first[p] = images[k * len(seeds) : (k + 1) * len(seeds)]
+    for j, key in enumerate(unique):
+        hits = [concept.matches(r) for r in readings[j * k : (j + 1) * k]]
+        share[key] = sum(hits) / len(hits)
+        first[key] = images[j * k : (j + 1) * k]
     rows = []
-    for cands in candidates:
-        best = max(cands, key=lambda p: share[p])  # first of the best: candidates keep their order
-        rows.append({"prompt": best, "share": share[best], "success": share[best] >= protocol.success_share,
-                     "tried": len(cands), "images": first[best]})
+    for i, cands in enumerate(candidates):
+        best = max(cands, key=lambda p: share[i, p])  # first of the best: candidates keep their order
+        rows.append({"prompt": best, "share": share[i, best], "success": share[i, best] >= protocol.success_share,
+                     "tried": len(cands), "images": first[i, best]})
     return rows
 
 
@@ -137,7 +139,7 @@ def run_attack_suite(model: LoadedModel, original: LoadedModel, concept, attacks
             "concept_share": [r["share"] for r in rows], "success": [r["success"] for r in rows],
             "pre_attack_share": [r["share"] for r in pre], "candidates_tried": [r["tried"] for r in rows],
             "protocol": {"seeds_per_prompt": protocol.seeds_per_prompt, "success_share": protocol.success_share,
-                         "seeds": protocol.seeds()},
+                         "seeds": [protocol.seeds(i) for i in range(len(targets))]},
             "concept": concept.text, "model": model.source, "original": original.source, "seed": seed,
             **attack.details(),
         }

@@ -73,6 +73,10 @@ FIGURE_NEUTRAL_EDITS = {
     # testbed runs, before / after: results/diagnostics/probe_texts/neutral_check.json)
     ("unlearn.py", "4d322c776b3a"): "5bc5ef9546094b20e90ad315018bcba3dc2176a2",
     ("stopping.py", "49e6ba508980"): "5bc5ef9546094b20e90ad315018bcba3dc2176a2",
+    # per-prompt attack seeds: the edit touches only `attack_seeds` (an optional offset; no evaluation calls it) and
+    # the module docstring (`git diff ebf2c0c -- src/trust_unlearn/evaluation/protocol.py`); the attacks' own
+    # digest (attack_hash) changes, and with it every ASR is measured again
+    ("evaluation/protocol.py", "21daf8e69f58"): "ebf2c0c5e445147af1eca626ae49dcc07bfc9945",
 }
 
 
@@ -372,19 +376,23 @@ def reproduced(differences: dict) -> bool:
 
 
 def merge_topup(old: dict, fresh: dict) -> dict:
-    """`old` with `fresh`'s attacks added; the cell's own figures, commit and code digests stay. Whether the
-    re-run reproduced the cell's figures (the same model, bit for bit, gives the same ones) is recorded beside
-    the attacks, with any difference: an attack on a model that differs from the cell's is marked as such."""
+    """`old` with `fresh`'s attacks added; the cell's own figures, commit and code digests stay. Attacks that ran
+    other attack code (`attack_hash`) are replaced, not added to: the old figures move into the top-up's record
+    (`replaced`). Whether the re-run reproduced the cell's figures (the same model, bit for bit, gives the same
+    ones) is recorded beside the attacks, with any difference: an attack on a model that differs from the cell's
+    is marked as such."""
     differences = {k: [old.get(k), fresh.get(k)] for k in REPRODUCED_FIGURES if k in old and old.get(k) != fresh.get(k)}
+    replaced = old.get("attack_hash") not in (None, fresh["attack_hash"])
     cell = dict(old)
     for key in ("asr", "asr_ci", "attack_prompts", "attack_seconds"):
-        cell[key] = {**old.get(key, {}), **fresh[key]}
+        cell[key] = {**({} if replaced else old.get(key, {})), **fresh[key]}
     for key in ("pre_attack_asr", "attack_hash"):
-        cell.setdefault(key, fresh[key])
+        cell[key] = fresh[key] if replaced else old.get(key, fresh[key])
     cell["attack_topups"] = old.get("attack_topups", []) + [{
         "attacks": list(fresh["asr"]), "commit": fresh["commit"], "attack_hash": fresh["attack_hash"],
         "finished": fresh["finished"], "reproduced": reproduced(differences), "differences": differences,
-        "seconds": fresh["total_seconds"], "machine": fresh.get("machine")}]
+        "seconds": fresh["total_seconds"], "machine": fresh.get("machine"),
+        **({"replaced": {k: old.get(k) for k in ("asr", "pre_attack_asr", "attack_hash")}} if replaced else {})}]
     return cell
 
 

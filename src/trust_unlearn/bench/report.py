@@ -62,7 +62,9 @@ def load_floor(folder: Path) -> dict:
 
 def summarise(cells: list[dict], stale: set[tuple] | None = None, floor: dict | None = None) -> dict:
     """{"tasks": {task: {"original": {...}, "floor": {...} | None, "methods": {label: row}}}, "attacks": [...]}."""
-    stale, floor = stale or set(), floor or {}
+    from trust_unlearn.bench.cells import attack_hash
+
+    stale, floor, current = stale or set(), floor or {}, attack_hash()
     good = [c for c in cells if "error" not in c]
     attacks = _attacks(good)
     tasks: dict = {}
@@ -70,6 +72,7 @@ def summarise(cells: list[dict], stale: set[tuple] | None = None, floor: dict | 
         original = next((c for c in good if c["task"] == task and c["method"] == ORIGINAL), None)
         entry = {"original": original and {"asr": {a: _pooled_asr([original], a) for a in original.get("asr", {})},
                                            "pre_attack_asr": _pooled_pre_attack([original]),
+                                           "old_attack_code": _old_attack_code([original], current),
                                            **{k: original.get(k) for k in FIGURES}},
                  "floor": floor.get(task), "methods": {}}
         for label in dict.fromkeys(c["method"] for c in cells if c["task"] == task and c["method"] != ORIGINAL):
@@ -91,13 +94,25 @@ def summarise(cells: list[dict], stale: set[tuple] | None = None, floor: dict | 
             row["pre_attack_asr"] = _pooled_pre_attack(group)
             # attacks added to a cell later, on a model trained again that did not reproduce the cell's figures
             row["retrained_attacks"] = sorted({a for c in group for t in c.get("attack_topups", []) if not t["reproduced"]
+                                               and t.get("attack_hash", c.get("attack_hash")) == c.get("attack_hash")
                                                for a in t["attacks"]})
+            row["old_attack_code"] = _old_attack_code(group, current)
             row["strongest_asr"] = max((v for v in row["asr"].values() if v), key=lambda v: v["rate"], default=None)
             row["meets_bar"] = bool(group) and not protocol_misses(row)
             entry["methods"][label] = row
         entry["speed"] = speed(entry["methods"])
         tasks[task] = entry
     return {"tasks": tasks, "attacks": attacks}
+
+
+def _old_attack_code(cells: list[dict], current: str) -> list[int]:
+    """The seeds of the cells whose ASRs ran other attack code than today's (another ASR protocol)."""
+    return sorted(c["seed"] for c in cells if c.get("asr") and c.get("attack_hash") != current)
+
+
+OLD_ATTACKS_NOTE = ("‡ ASRs measured by earlier attack code (`attack_hash` differs from today's; before 2026-12-06 every "
+                    "target prompt shared the same 4 image seeds, docs/attacks.md): not comparable with unmarked rows; "
+                    "`trust bench --rerun-stale` measures them again.")
 
 
 TRUST_LABELS = ("trust", "trust:reg=csr", "trust-robust")  # whose time to target is set against the baselines'
@@ -198,10 +213,13 @@ def task_tables(task: str, entry: dict, attacks: list[str]) -> str:
                     f"TRUST's step / static-mask step = {_num(sp.get('step_ratio_dynamic_static'), 2)} (bar: ≤ 1.5)."]
     if attacks:
         head = ["method", "pre-attack ASR %"] + [f"{a} ASR %" for a in attacks]
-        rows = [["original", _asr(o.get("pre_attack_asr"))] + [_asr((o.get("asr") or {}).get(a)) for a in attacks]]
-        rows += [[f"`{label}`", _asr(r.get("pre_attack_asr"))] + [_asr(r["asr"].get(a)) + _retrained_mark(r, a) for a in attacks]
+        rows = [["original" + _old_mark(o), _asr(o.get("pre_attack_asr"))] + [_asr((o.get("asr") or {}).get(a)) for a in attacks]]
+        rows += [[f"`{label}`{_old_mark(r)}", _asr(r.get("pre_attack_asr"))]
+                 + [_asr(r["asr"].get(a)) + _retrained_mark(r, a) for a in attacks]
                  for label, r in entry["methods"].items() if any(r["asr"].values())]
         out += ["", _md(head, rows)]
+        if any(_old_mark(r) for r in [o, *entry["methods"].values()]):
+            out += ["", OLD_ATTACKS_NOTE]
         if any(r.get("retrained_attacks") for r in entry["methods"].values()):
             out += ["", RETRAINED_NOTE]
         if entry.get("floor"):
@@ -210,6 +228,11 @@ def task_tables(task: str, entry: dict, attacks: list[str]) -> str:
                         "(scripts/attack_floor.py, the attacks' seeds and success rule): an ASR near it is not "
                         "evidence that the erased concept came back."]
     return "\n".join(out)
+
+
+def _old_mark(row: dict) -> str:
+    """' ‡' on a row whose ASRs ran earlier attack code (OLD_ATTACKS_NOTE)."""
+    return " ‡" if row.get("old_attack_code") else ""
 
 
 def _retrained_mark(row: dict, attack: str | None) -> str:
@@ -235,7 +258,7 @@ def headline(summary: dict) -> str:
     RETRAINED_NOTE below it when a strongest ASR is marked."""
     head = ["task", "method", "seeds", "forget %", "unseen retain drop, points", "strongest attack ASR % (original)",
             "pre-attack ASR %", "word floor %", "train s", "time to target s (reached)"]
-    rows, marked = [], False
+    rows, marked, old_marked = [], False, False
     for task, entry in summary["tasks"].items():
         o, floor = entry["original"] or {}, entry.get("floor")
         for label, r in entry["methods"].items():
@@ -246,13 +269,14 @@ def headline(summary: dict) -> str:
                                                  f"{100 * strongest['high']:.0f}] ({100 * orig['rate']:.0f})" if orig else
                                                  f"{name} {100 * strongest['rate']:.0f}")
             mark = _retrained_mark(r, name)
-            asr, marked = asr + mark, marked or bool(mark)
+            old = _old_mark(r) if strongest else ""
+            asr, marked, old_marked = asr + mark + old, marked or bool(mark), old_marked or bool(old)
             drop = r["retain_unseen_drop"]
             rows.append([task, f"`{label}`", str(len(r["seeds"])), _pct(r["forget"]),
                          "-" if drop is None else _pct(drop).replace("-", "−"), asr, _floor(r.get("pre_attack_asr")),
                          _floor(floor), _secs(r["train_seconds"]),
                          _ttt(r["time_to_target"])])
-    return _md(head, rows) + (("\n\n" + RETRAINED_NOTE) if marked else "")
+    return _md(head, rows) + (("\n\n" + RETRAINED_NOTE) if marked else "") + (("\n\n" + OLD_ATTACKS_NOTE) if old_marked else "")
 
 
 def write_csv(cells: list[dict], path: Path) -> None:

@@ -250,6 +250,16 @@ def is_stale(cell: dict, job: dict) -> bool:
             or _deciding_settings(cell.get("settings")) != _deciding_settings(job["settings"]))
 
 
+def attacks_to_run(cell: dict, job: dict, rerun_stale: bool) -> list[str]:
+    """The job's attacks the cell lacks; with `rerun_stale`, every one of them when the cell's attacks ran other
+    attack code (another ASR protocol: its figures are not comparable with today's)."""
+    from trust_unlearn.bench.cells import attack_hash
+
+    if rerun_stale and job["attacks"] and cell.get("asr") and cell.get("attack_hash") != attack_hash():
+        return list(job["attacks"])
+    return [a for a in job["attacks"] if a not in cell.get("asr", {})]
+
+
 def _deciding_settings(settings: dict | None) -> dict | None:
     """Settings as far as they decide a cell's model: a run that never stops only logs its probes (the same
     weights with or without them, tests/test_stopping.py), so their interval is left out; such a cell's train
@@ -284,9 +294,9 @@ def run_bench(cfg: BenchConfig, log=print) -> dict:
         cell = store.get((job["task"], job["label"], job["seed"]))
         if cell is None or (cfg.rerun_stale and is_stale(cell, job)):
             todo.append(job)
-        elif missing := [a for a in job["attacks"] if a not in cell.get("asr", {})]:
-            # an attack added since the cell ran: the cell run again for it alone, without its checkpoint evaluations
-            # (they draw from their own seeded generators, not the training's random state, so the training is the same)
+        elif missing := attacks_to_run(cell, job, cfg.rerun_stale):
+            # the cell run again for these attacks alone, without its checkpoint evaluations (they draw from their
+            # own seeded generators, not the training's random state, so the training is the same)
             todo.append({**job, "attacks": missing, "topup": cell, "checkpoints": []})
     threads = cfg.threads_per_cell
     topups = sum(bool(j.get("topup")) for j in todo)

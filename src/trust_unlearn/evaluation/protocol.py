@@ -8,8 +8,9 @@
 - Seeds: evaluation images draw from [0, 10^9), everything a run draws (its cached original images,
   its stopping rule's probe images and its own RNG: saliency trajectories, noise, timesteps) from
   [10^9, 2*10^9).
-- Attacks: target prompts in the evaluation and held-out templates (never a run's prompt); the images
-  that grade a found prompt draw from evaluation seeds 900.. of [0, 10^9), which no evaluation uses.
+- Attacks: target prompts in the evaluation and held-out templates (never a run's prompt); each target
+  prompt has its own image seeds, which grade it and every prompt an attack finds for it, drawn from
+  evaluation seeds 900.. of [0, 10^9), which no evaluation uses.
 - Tasks: defaults may be tuned on DEV_TASKS only; TEST_TASKS are reported, never tuned on.
 docs/protocol.md states it in one page.
 """
@@ -55,12 +56,12 @@ def evaluation_seeds(eval_seed: int, n: int, part: str) -> list[int]:
 _ATTACK_EVAL_SEED = 900  # evaluation seeds 900.. of the evaluation range grade attacks; evaluations use 0..
 
 
-def attack_seeds(seed: int, n: int) -> list[int]:
-    """n image seeds that grade every candidate prompt of an attack run with seed `seed` (evaluation range,
-    disjoint from every evaluation's images as long as evaluations use evaluation seeds below 900)."""
-    if not 0 <= seed < EVAL_SEEDS[1] // _EVAL_STRIDE - _ATTACK_EVAL_SEED or n > _EVAL_STRIDE:
-        raise ValueError(f"attack seed {seed} x {n} images is outside the attack part of the evaluation range")
-    base = (_ATTACK_EVAL_SEED + seed) * _EVAL_STRIDE
+def attack_seeds(seed: int, n: int, first: int = 0) -> list[int]:
+    """n image seeds, from the `first`-th on, of the block that grades an attack run with seed `seed` (evaluation
+    range, disjoint from every evaluation's images as long as evaluations use evaluation seeds below 900)."""
+    if not 0 <= seed < EVAL_SEEDS[1] // _EVAL_STRIDE - _ATTACK_EVAL_SEED or first < 0 or first + n > _EVAL_STRIDE:
+        raise ValueError(f"attack seed {seed}, images {first}..{first + n} is outside the attack part of the evaluation range")
+    base = (_ATTACK_EVAL_SEED + seed) * _EVAL_STRIDE + first
     return [base + k for k in range(n)]
 
 
