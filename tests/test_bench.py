@@ -343,6 +343,7 @@ def test_asrs_of_earlier_attack_code_are_marked_and_replaced_on_rerun():
     assert merged["asr"] == {"p4d": 0.125, "mma": 0.0} and merged["pre_attack_asr"] == 0.0
     assert merged["attack_hash"] == attack_hash() and merged["commit"] == "abc"
     assert merged["attack_topups"][-1]["replaced"] == {"asr": {"p4d": 0.5}, "pre_attack_asr": 0.25, "attack_hash": "older"}
+    assert merged["attack_topups"][-1]["reproduced"]  # a pre-attack ASR on other seeds is no sign of another model
     assert summarise([cells[0], merged])["tasks"]["circle"]["methods"]["trust"]["old_attack_code"] == []
 
 

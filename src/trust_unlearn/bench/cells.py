@@ -381,8 +381,10 @@ def merge_topup(old: dict, fresh: dict) -> dict:
     (`replaced`). Whether the re-run reproduced the cell's figures (the same model, bit for bit, gives the same
     ones) is recorded beside the attacks, with any difference: an attack on a model that differs from the cell's
     is marked as such."""
-    differences = {k: [old.get(k), fresh.get(k)] for k in REPRODUCED_FIGURES if k in old and old.get(k) != fresh.get(k)}
     replaced = old.get("attack_hash") not in (None, fresh["attack_hash"])
+    # under other attack code the pre-attack ASR is another measurement (other image seeds), not a reproduction check
+    figures = [k for k in REPRODUCED_FIGURES if not (replaced and k == "pre_attack_asr")]
+    differences = {k: [old.get(k), fresh.get(k)] for k in figures if k in old and old.get(k) != fresh.get(k)}
     cell = dict(old)
     for key in ("asr", "asr_ci", "attack_prompts", "attack_seconds"):
         cell[key] = {**({} if replaced else old.get(key, {})), **fresh[key]}
