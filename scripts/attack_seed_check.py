@@ -20,16 +20,17 @@ import argparse
 import json
 import statistics
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from trust_unlearn.attacks import target_prompts  # noqa: E402
+from trust_unlearn.attacks import judge_candidates, target_prompts  # noqa: E402
 from trust_unlearn.attacks.base import AsrProtocol  # noqa: E402
 from trust_unlearn.bench.cells import git_commit  # noqa: E402
 from trust_unlearn.evaluation.judges import get_judge  # noqa: E402
 from trust_unlearn.evaluation.protocol import attack_seeds  # noqa: E402
-from trust_unlearn.pipeline import generate, load_model  # noqa: E402
+from trust_unlearn.pipeline import load_model  # noqa: E402
 from trust_unlearn.world.concepts import parse_concept  # noqa: E402
 
 PROMPTS = 16  # the bench's target prompts per attack
@@ -44,15 +45,20 @@ def seed_sets(scheme: str, draw: int, n_prompts: int, per_prompt: int) -> list[l
     return [block[j * per_prompt:(j + 1) * per_prompt] for j in range(n_prompts)]
 
 
-def pre_attack(model, concept, prompts: list[str], seeds: list[list[int]], protocol: AsrProtocol, judge) -> dict:
-    flat_p = [p for p, ss in zip(prompts, seeds) for _ in ss]
-    flat_s = [s for ss in seeds for s in ss]
-    images = generate(model, flat_p, flat_s, guidance_scale=model.guidance_scale,
-                      num_inference_steps=model.num_inference_steps, desc="pre-attack")
-    hits = [concept.matches(r) for r in judge.read(images)]
-    k = protocol.seeds_per_prompt
-    broken = [sum(hits[j * k:(j + 1) * k]) / k >= protocol.success_share for j in range(len(prompts))]
-    return {"asr": sum(broken) / len(broken), "concept_share": sum(hits) / len(hits)}
+@dataclass
+class DrawnSeeds(AsrProtocol):
+    """The protocol's success rule on seeds of this script's choosing: target prompt i on `sets[i]`."""
+
+    sets: list = field(default_factory=list)
+
+    def seeds(self, prompt_index: int) -> list[int]:
+        return self.sets[prompt_index]
+
+
+def pre_attack(model, concept, prompts: list[str], protocol: AsrProtocol, judge) -> dict:
+    """Each target prompt its own only candidate, graded as the attacks grade (attacks.judge_candidates)."""
+    rows = judge_candidates(model, concept, [[p] for p in prompts], protocol, desc="pre-attack", judge=judge)
+    return {"asr": sum(r["success"] for r in rows) / len(rows), "concept_share": sum(r["share"] for r in rows) / len(rows)}
 
 
 def main() -> None:
@@ -69,8 +75,9 @@ def main() -> None:
         model = load_model(path)
         row = {"model": path}
         for scheme in ("shared", "per prompt"):
-            draws = [pre_attack(model, concept, prompts, seed_sets(scheme, d, len(prompts), protocol.seeds_per_prompt),
-                                protocol, judge) for d in range(args.draws)]
+            draws = [pre_attack(model, concept, prompts,
+                                DrawnSeeds(sets=seed_sets(scheme, d, len(prompts), protocol.seeds_per_prompt)), judge)
+                     for d in range(args.draws)]
             row[scheme] = draws
         rows.append(row)
         cells = []
