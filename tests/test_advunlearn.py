@@ -56,8 +56,8 @@ def test_adversarial_states_are_the_pipeline_states_of_the_typed_prompt(tiny_mod
 
 @pytest.mark.parametrize("component", ["text_encoder", "unet_xattn"])
 def test_inner_attack_lowers_the_attacked_loss(tiny_model_dir, component):
-    m, ctx = setup(tiny_model_dir, {"component": component, "xt": "cache", "attack_xt": "cache", "attack_batch": 4, "warmup_steps": 10**6,
-                                    "attack_steps": 20, "attack_lr": 1e-2}, lr=1e-2)
+    m, ctx = setup(tiny_model_dir, {"component": component, "xt": "cache", "attack_xt": "cache", "attack_batch": 4, "warmup_steps": 5,
+                                    "attack_steps": 20, "attack_lr": 1e-2}, lr=1e-2, steps=6)
     for k in range(5):  # plain ESD first: the concept must be erased for there to be something to recover
         m.step(k)
     _, z_t, t = ctx.noised(ctx.target_latents, 16)  # a fixed batch the attack never sees
@@ -99,6 +99,15 @@ def test_steps_change_only_the_chosen_component(tiny_model_dir, component):
 def test_bad_options_give_one_clear_error(args, says):
     with pytest.raises(UserError, match=says):
         AdvUnlearnConfig(**args).validate()
+
+
+def test_the_default_warm_up_is_a_fifth_of_the_run_and_leaves_steps_to_attack(tiny_model_dir):
+    """The reference warms up 200 of its 1000 iterations; a fixed 200 would never attack a 200-step run."""
+    m, _ = setup(tiny_model_dir, {"xt": "cache", "attack_xt": "cache", "attack_steps": 1}, steps=10)
+    logs = [m.step(k) for k in range(10)]
+    assert [k for k, row in enumerate(logs) if "attack_loss_last" in row] == list(range(2, 10))
+    with pytest.raises(UserError, match="warmup_steps=10 leaves none of the 10 steps to the inner attack"):
+        setup(tiny_model_dir, {"warmup_steps": 10}, steps=10)
 
 
 def test_too_many_adversarial_tokens_and_unknown_options_are_user_errors(tiny_model_dir, tiny_run_config):

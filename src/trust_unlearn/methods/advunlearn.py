@@ -1,6 +1,7 @@
 """AdvUnlearn (Zhang et al., NeurIPS 2024): ESD erasure made robust by adversarial training.
 
-Every `attack_every` steps (from `warmup_steps` on) an inner attack finds `adv_tokens` continuous token
+Every `attack_every` steps (from `warmup_steps` on, by default the first fifth of the run as the reference's 200 of
+its 1000 iterations) an inner attack finds `adv_tokens` continuous token
 embeddings delta, placed before (or after) the erase phrase c_e, with which the model being trained
 predicts the original model's concept noise again (signed-gradient steps on delta):
     min_delta ||eps_theta(x_t, c_theta(delta + c_e)) - eps_theta0(x_t, c_e)||^2
@@ -51,7 +52,8 @@ class AdvUnlearnConfig:
     attack_lr: float = 1e-3  # step size on the token embeddings (reference --attack_lr)
     attack_update: str = "sign"  # sign: delta -= lr * sign(grad) (PGD); adam: Adam on the raw gradient (reference `pgd`)
     attack_every: int = 1  # steps between attacks (reference --adv_prompt_update_step)
-    warmup_steps: int = 200  # plain ESD steps before the first attack (reference --warmup_iter)
+    warmup_steps: int | None = None  # plain ESD steps before the first attack (reference --warmup_iter 200 of 1000
+    # iterations); default: a fifth of --steps, so a run of any length attacks for its last four fifths
     retain_loss_w: float = 1.0  # weight of the retain term (reference --retain_loss_w, --retain_train reg)
 
     def validate(self) -> "AdvUnlearnConfig":
@@ -63,7 +65,7 @@ class AdvUnlearnConfig:
         for key in ("adv_tokens", "attack_steps", "attack_every", "attack_batch"):
             if getattr(self, key) < 1:
                 raise UserError(f"{key} must be at least 1, not {getattr(self, key)}")
-        if self.warmup_steps < 0 or (self.ddim_steps is not None and self.ddim_steps < 1):
+        if (self.warmup_steps is not None and self.warmup_steps < 0) or (self.ddim_steps is not None and self.ddim_steps < 1):
             raise UserError("warmup_steps must be >= 0 and ddim_steps >= 1")
         if not self.attack_lr > 0 or self.retain_loss_w < 0:
             raise UserError(f"attack_lr must be positive and retain_loss_w >= 0 (got {self.attack_lr}, {self.retain_loss_w})")
@@ -87,6 +89,11 @@ class AdvUnlearn(_Esd):
         self.ctx, self.cfg = ctx, cfg.validate()
         if ctx.is_sdxl:
             raise UserError("advunlearn needs a pipeline with one text encoder (SD 1.x/2.x, the testbed), not SDXL")
+        self.warmup = ctx.common.steps // 5 if cfg.warmup_steps is None else cfg.warmup_steps
+        if self.warmup >= ctx.common.steps:
+            raise UserError(f"advunlearn: warmup_steps={self.warmup} leaves none of the {ctx.common.steps} steps to the "
+                            "inner attack, so the run would be plain ESD on the text encoder; lower warmup_steps or "
+                            "leave it unset (a fifth of --steps, as the reference's 200 of 1000)")
         self.erase = self.erase_from = (cfg.erase_concept or ctx.spec.name).strip()
         ctx.text([self.erase])  # cache c_0(c_e) now, while the text encoder is the original
         self.text = TextOps(ctx.pipe)
@@ -188,7 +195,7 @@ class AdvUnlearn(_Esd):
 
     def step(self, k: int) -> dict:
         cfg, row = self.cfg, {}
-        if k >= cfg.warmup_steps and (k - cfg.warmup_steps) % cfg.attack_every == 0:
+        if k >= self.warmup and (k - self.warmup) % cfg.attack_every == 0:
             with self.ctx.timer("attack"):
                 self.adv, losses = self.attack(self.initial_adv())
             row.update(attack_loss_first=losses[0], attack_loss_last=losses[-1])
