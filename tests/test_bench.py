@@ -304,6 +304,21 @@ def test_outputs_and_readme_block_are_generated_from_the_cells(tmp_path):
     assert "| 38 [18, 61] |" in text  # the word floor column
 
 
+def test_a_report_alone_flags_cells_of_changed_method_code(tmp_path):
+    """`--report-only` has no plan to compare settings with, but it still tells which cells ran other code."""
+    from trust_unlearn.bench.cells import source_hash
+
+    cells = [cell("original", 0, 0.9, 0.9), {**cell("trust", 0, 0.0, 0.89), "source_hash": source_hash("trust")},
+             {**cell("advunlearn", 0, 0.9, 0.9), "source_hash": "0" * 12}]
+    s = write_outputs(cells, tmp_path)
+    methods = s["tasks"]["circle"]["methods"]
+    assert methods["advunlearn"]["stale"] == [0] and methods["trust"]["stale"] == []
+    table = headline(s)
+    assert "| circle | `advunlearn` (stale) |" in table and "| circle | `trust` |" in table and "rerun-stale" in table
+    assert "(stale: seeds 0)" in (tmp_path / "results.md").read_text()
+    assert "(stale)" not in headline(write_outputs(cells[:2], tmp_path))
+
+
 def test_an_attack_on_a_retrained_model_that_differs_is_marked():
     topup = lambda ok: [{"attacks": ["paraphrase"], "reproduced": ok, "differences": {} if ok else {"forget": [0.0, 0.1]}}]  # noqa: E731
     cells = [cell("original", 0, 0.9, 0.9, asr={"p4d": 1.0, "paraphrase": 1.0}),

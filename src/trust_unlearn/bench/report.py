@@ -115,6 +115,11 @@ OLD_ATTACKS_NOTE = ("‡ ASRs measured by earlier attack code (`attack_hash` dif
                     "`trust bench --rerun-stale` measures them again.")
 
 
+STALE_NOTE = ("(stale): the method's code has changed since these cells ran (their `source_hash` differs from "
+              "today's, or their settings from the ones the bench would use now): they measure earlier code, and "
+              "`trust bench --rerun-stale` runs them again.")
+
+
 TRUST_LABELS = ("trust", "trust:reg=csr", "trust-robust")  # whose time to target is set against the baselines'
 
 
@@ -258,7 +263,7 @@ def headline(summary: dict) -> str:
     RETRAINED_NOTE below it when a strongest ASR is marked."""
     head = ["task", "method", "seeds", "forget %", "unseen retain drop, points", "strongest attack ASR % (original)",
             "pre-attack ASR %", "word floor %", "train s", "time to target s (reached)"]
-    rows, marked, old_marked = [], False, False
+    rows, marked, old_marked, stale_marked = [], False, False, False
     for task, entry in summary["tasks"].items():
         o, floor = entry["original"] or {}, entry.get("floor")
         for label, r in entry["methods"].items():
@@ -272,11 +277,14 @@ def headline(summary: dict) -> str:
             old = _old_mark(r) if strongest else ""
             asr, marked, old_marked = asr + mark + old, marked or bool(mark), old_marked or bool(old)
             drop = r["retain_unseen_drop"]
-            rows.append([task, f"`{label}`", str(len(r["seeds"])), _pct(r["forget"]),
+            stale = " (stale)" if r["stale"] else ""
+            stale_marked = stale_marked or bool(stale)
+            rows.append([task, f"`{label}`{stale}", str(len(r["seeds"])), _pct(r["forget"]),
                          "-" if drop is None else _pct(drop).replace("-", "−"), asr, _floor(r.get("pre_attack_asr")),
                          _floor(floor), _secs(r["train_seconds"]),
                          _ttt(r["time_to_target"])])
-    return _md(head, rows) + (("\n\n" + RETRAINED_NOTE) if marked else "") + (("\n\n" + OLD_ATTACKS_NOTE) if old_marked else "")
+    return (_md(head, rows) + (("\n\n" + RETRAINED_NOTE) if marked else "") + (("\n\n" + OLD_ATTACKS_NOTE) if old_marked else "")
+            + (("\n\n" + STALE_NOTE) if stale_marked else ""))
 
 
 def write_csv(cells: list[dict], path: Path) -> None:
@@ -430,11 +438,27 @@ def write_html(summary: dict, cells: list[dict], path: Path) -> None:
     tmp.replace(path)
 
 
+def code_stale(cells: list[dict]) -> set[tuple]:
+    """The cells whose method's code differs from today's (source hash): what a report can tell without a bench
+    plan (a bench run also compares each cell's settings with the ones it would use now)."""
+    from trust_unlearn.bench.cells import cell_key, source_hash
+    from trust_unlearn.bench.runner import parse_method_label
+
+    hashes: dict[str, str] = {}
+    for c in cells:
+        name = parse_method_label(c["method"])[0]
+        if "error" not in c and c.get("source_hash") is not None and name not in hashes:
+            hashes[name] = source_hash(name)
+    return {cell_key(c) for c in cells if "error" not in c and c.get("source_hash") is not None
+            and c["source_hash"] != hashes[parse_method_label(c["method"])[0]]}
+
+
 def write_outputs(cells: list[dict], folder: Path, stale: set[tuple] | None = None, seconds: float | None = None) -> dict:
-    """results.md, results.csv, report.html and summary.json in `folder`; returns the summary."""
+    """results.md, results.csv, report.html and summary.json in `folder`; returns the summary. Without `stale`,
+    the cells whose code differs from today's are flagged."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    summary = summarise(cells, stale, load_floor(folder))
+    summary = summarise(cells, code_stale(cells) if stale is None else stale, load_floor(folder))
     summary["seconds"] = seconds
     md = "\n\n".join(task_tables(t, e, summary["attacks"]) for t, e in summary["tasks"].items())
     (folder / "results.md").write_text("# trust bench\n\nGenerated from the cells; see report.html for the plots.\n\n" + md + "\n")
