@@ -444,13 +444,10 @@ def code_stale(cells: list[dict]) -> set[tuple]:
     from trust_unlearn.bench.cells import cell_key, source_hash
     from trust_unlearn.bench.runner import parse_method_label
 
-    hashes: dict[str, str] = {}
-    for c in cells:
-        name = parse_method_label(c["method"])[0]
-        if "error" not in c and c.get("source_hash") is not None and name not in hashes:
-            hashes[name] = source_hash(name)
-    return {cell_key(c) for c in cells if "error" not in c and c.get("source_hash") is not None
-            and c["source_hash"] != hashes[parse_method_label(c["method"])[0]]}
+    measured = [c for c in cells if "error" not in c and c.get("source_hash") is not None]
+    names = {id(c): parse_method_label(c["method"])[0] for c in measured}
+    hashes = {name: source_hash(name) for name in set(names.values())}
+    return {cell_key(c) for c in measured if c["source_hash"] != hashes[names[id(c)]]}
 
 
 def write_outputs(cells: list[dict], folder: Path, stale: set[tuple] | None = None, seconds: float | None = None) -> dict:
