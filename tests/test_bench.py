@@ -9,7 +9,7 @@ from trust_unlearn.bench.cells import attack_hash
 from trust_unlearn.bench import runner
 from trust_unlearn.bench.report import headline, summarise, task_tables, update_readme, write_outputs
 from trust_unlearn.bench.runner import BenchConfig, expand_methods, parse_method_label, parse_sweep, plan, resolve_settings, run_bench
-from trust_unlearn.bench.tuning import grid_label, grid_points, grid_report, select
+from trust_unlearn.bench.tuning import grid_jobs, grid_label, grid_points, grid_report, grid_runs, select, tuning_config
 from trust_unlearn.errors import UserError
 
 
@@ -387,7 +387,27 @@ def test_tuning_rule_lowest_forget_within_the_retain_slack_ties_to_shorter():
     report = grid_report(cells)
     assert "| **1e-05** | **200** | **10.0%** | **+1.0** | **200** | **yes** |" in report
     assert "| 3e-05 | 100 | 5.0% | +5.0 | 100 | no |" in report
-    assert "incomplete: lr 0.0001 lack dev tasks" in report
+    assert "incomplete: lr 0.0001 lack runs" in report
+
+
+def test_a_method_whose_schedule_follows_the_run_length_is_tuned_on_a_run_of_each_length():
+    """AdvUnlearn's warm-up is a fifth of the run: its 100-step point is a 100-step run (80 attacked steps), not
+    step 100 of the 400-step run (20 attacked steps)."""
+    from trust_unlearn.evaluation.protocol import DEV_TASKS
+
+    assert set(grid_runs("esd-x", 1e-5).values()) == {"esd-x:lr=1e-05"}
+    runs = grid_runs("advunlearn", 1e-5)
+    assert runs == {100: "advunlearn:lr=1e-05,steps=100", 200: "advunlearn:lr=1e-05,steps=200", 400: "advunlearn:lr=1e-05"}
+    long_runs = [tuning_cell(t, runs[400], [(100, 0.9, 0.0), (200, 0.9, 0.0), (400, 0.2, 0.02)]) for t in DEV_TASKS]
+    assert grid_points(long_runs, "advunlearn", [1e-5]) == []  # the runs of 100 and 200 steps are missing
+    cells = long_runs + [tuning_cell(t, runs[s], [(s, f, 0.01)]) for t in DEV_TASKS for s, f in ((100, 0.5), (200, 0.3))]
+    assert {p["steps"]: p["forget"] for p in grid_points(cells, "advunlearn", [1e-5])} == {100: 0.5, 200: 0.3, 400: 0.2}
+    assert "## advunlearn\n" in grid_report(cells) and "incomplete" not in grid_report(cells)
+    cfg = tuning_config(["advunlearn", "esd-x"], {"advunlearn": [1e-5], "esd-x": [1e-5]}, "unused", 1)
+    trained = {j["label"]: (j["settings"]["common"]["steps"], j["checkpoints"])
+               for j in grid_jobs(cfg) if j["label"] != "original" and j["task"] == DEV_TASKS[0]}
+    assert trained == {runs[100]: (100, []), runs[200]: (200, []), runs[400]: (400, [100, 200]),
+                       "esd-x:lr=1e-05": (400, [100, 200])}
 
 
 def test_quick_profile_is_one_task_one_seed_few_steps():

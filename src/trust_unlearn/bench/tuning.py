@@ -2,7 +2,8 @@
 
 The grid, the same for each method: three learning rates around its reference default (x 1/3, 1, 3) x
 training length 100 / 200 / 400 steps (one 400-step run per learning rate, evaluated at steps 100 and
-200 on the way), on every dev task, training seed 0, the stopping rule off. If the chosen learning rate
+200 on the way; a method whose schedule follows the run's length -- AdvUnlearn's warm-up is a fifth of it -- gets
+one run per length, as a checkpoint of a longer run is not a run of that length), on every dev task, training seed 0, the stopping rule off. If the chosen learning rate
 lies on the grid's edge, one more learning rate a factor 3 beyond it is run and the choice repeated
 (once), so no method is held back by where its reference default happened to sit. Every grid point is
 graded with the protocol's checkpoint evaluation (target captions and unseen retain scenes, evaluation
@@ -16,6 +17,7 @@ The cells go to results/tuning/tuning.json (resumable like the bench); the choic
 from __future__ import annotations
 
 import json
+import re
 import statistics
 from pathlib import Path
 
@@ -32,6 +34,7 @@ TUNED_METHODS = ("trust", "esd-x", SALUN, "esd-u", "trust:reg=csr", "advunlearn"
 REFERENCE_LR = {"trust": 2e-3, "esd-x": 1e-5, "esd-u": 1e-5, "salun": 1e-5, "advunlearn": 1e-5}
 LR_FACTORS = (1 / 3, 1.0, 3.0)
 STEPS = (100, 200, 400)
+LENGTH_SCHEDULED = ("advunlearn",)  # the warm-up is a fifth of --steps: a run per grid length
 RESULTS = Path("results/tuning/tuning.json")
 
 
@@ -46,21 +49,41 @@ def grid_label(label: str, lr: float) -> str:
     return f"{label}{',' if ':' in label else ':'}lr={lr:.3g}"
 
 
+def grid_runs(label: str, lr: float) -> dict[int, str]:
+    """Grid length -> the label of the run whose curve gives that point: the one long run, evaluated on the way,
+    or for a LENGTH_SCHEDULED method a run of each length ('advunlearn:lr=1e-05,steps=100')."""
+    full = grid_label(label, lr)
+    if label.partition(":")[0] not in LENGTH_SCHEDULED:
+        return {steps: full for steps in STEPS}
+    return {steps: full if steps == STEPS[-1] else f"{full},steps={steps}" for steps in STEPS}
+
+
 def tuning_config(methods: list[str], lrs: dict[str, list[float]], out: str, workers: int) -> BenchConfig:
-    return BenchConfig(methods=[grid_label(m, lr) for m in methods for lr in lrs[m]], tasks=list(DEV_TASKS), seeds=1,
+    runs = [run for m in methods for lr in lrs[m] for run in grid_runs(m, lr).values()]
+    return BenchConfig(methods=list(dict.fromkeys(runs)), tasks=list(DEV_TASKS), seeds=1,
                        attacks=[], checkpoints=list(STEPS[:-1]), eval=dict(CHECKPOINT_EVAL),
                        checkpoint_eval=dict(CHECKPOINT_EVAL), common={"steps": STEPS[-1], "stop": False, "probe_every": 0},
                        results=str(RESULTS), out=out, workers=workers)
+
+
+def grid_jobs(cfg: BenchConfig) -> list[dict]:
+    """The grid's jobs: a run of one grid length is evaluated at its end only."""
+    jobs = plan(cfg)
+    for job in jobs:
+        if ",steps=" in job["label"]:
+            job["checkpoints"] = []
+    return jobs
 
 
 def grid_points(cells: list[dict], label: str, lrs: list[float]) -> list[dict]:
     """Per (lr, steps): mean forget, mean unseen-retain drop and mean training seconds over the dev tasks."""
     points = []
     for lr in lrs:
-        group = [c for c in cells if c["method"] == grid_label(label, lr) and "error" not in c]
-        if len({c["task"] for c in group}) < len(DEV_TASKS):
+        runs = grid_runs(label, lr)
+        groups = {steps: [c for c in cells if c["method"] == run and "error" not in c] for steps, run in runs.items()}
+        if any(len({c["task"] for c in group}) < len(DEV_TASKS) for group in groups.values()):
             continue
-        for steps in STEPS:
+        for steps, group in groups.items():
             at = [next(p for p in c["curve"] if p["step"] == steps) for c in group]
             points.append({"lr": lr, "steps": steps,
                            "forget": statistics.mean(p["forget"] for p in at),
@@ -86,11 +109,11 @@ def run_tuning(methods: list[str] | None = None, out: str = "runs/tuning", worke
     store = CellStore(RESULTS, {"rule": "docs/baselines.md#tuning", "tasks": list(DEV_TASKS)})
     for round_ in range(2):
         cfg = tuning_config(methods, lrs, out, workers)
-        jobs = plan(cfg)
+        jobs = grid_jobs(cfg)
         done = store.done()
         todo = [j for j in jobs if (j["task"], j["label"], j["seed"]) not in done and j["label"] != "original"]
         # method by method, so each method's choice is complete as early as possible
-        owner = {grid_label(m, lr): k for k, m in enumerate(methods) for lr in lrs[m]}
+        owner = {run: k for k, m in enumerate(methods) for lr in lrs[m] for run in grid_runs(m, lr).values()}
         todo.sort(key=lambda j: owner[j["label"]])
         log(f"[tune] round {round_ + 1}: {len(todo)} of {len(jobs)} grid runs to do")
         _run(todo, store, cfg, log)
@@ -147,7 +170,7 @@ def grid_report(cells: list[dict]) -> str:
     tasks per learning rate and length) with the rule's choice marked; labels still missing tasks are listed."""
     by_label: dict[str, dict[float, set]] = {}  # label -> lr -> dev tasks with a run
     for c in cells:
-        base, _, lr = c["method"].rpartition("lr=")
+        base, _, lr = re.sub(r",steps=\d+$", "", c["method"]).rpartition("lr=")
         by_label.setdefault(base.rstrip(",:"), {}).setdefault(float(lr), set()).add(c["task"])
     out = ["# Tuning grid (dev tasks: " + ", ".join(DEV_TASKS) + ")", "",
            "Generated by `trust bench --tune --report-only` from results/tuning/tuning.json. Mean over the dev "
@@ -159,8 +182,8 @@ def grid_report(cells: list[dict]) -> str:
         out += [f"## {label}", ""]
         if missing:
             tasks = set().union(*lrs.values())
-            out += [f"incomplete: lr {', '.join(f'{lr:.3g}' for lr in missing)} lack dev tasks "
-                    f"({len(tasks)} of {len(DEV_TASKS)} tasks have some run)", ""]
+            out += [f"incomplete: lr {', '.join(f'{lr:.3g}' for lr in missing)} lack runs "
+                    f"({len(tasks)} of {len(DEV_TASKS)} dev tasks have some run)", ""]
         if not points:
             continue
         best = select(points)
