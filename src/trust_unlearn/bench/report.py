@@ -444,10 +444,10 @@ def code_stale(cells: list[dict]) -> set[tuple]:
     from trust_unlearn.bench.cells import cell_key, source_hash
     from trust_unlearn.bench.runner import parse_method_label
 
-    measured = [c for c in cells if "error" not in c and c.get("source_hash") is not None]
-    names = {id(c): parse_method_label(c["method"])[0] for c in measured}
-    hashes = {name: source_hash(name) for name in set(names.values())}
-    return {cell_key(c) for c in measured if c["source_hash"] != hashes[names[id(c)]]}
+    named = [(c, parse_method_label(c["method"])[0]) for c in cells
+             if "error" not in c and c.get("source_hash") is not None]
+    hashes = {name: source_hash(name) for name in {name for _, name in named}}
+    return {cell_key(c) for c, name in named if c["source_hash"] != hashes[name]}
 
 
 def write_outputs(cells: list[dict], folder: Path, stale: set[tuple] | None = None, seconds: float | None = None) -> dict:

@@ -2,10 +2,11 @@
 
 The grid, the same for each method: three learning rates around its reference default (x 1/3, 1, 3) x
 training length 100 / 200 / 400 steps (one 400-step run per learning rate, evaluated at steps 100 and
-200 on the way; a method whose schedule follows the run's length -- AdvUnlearn's warm-up is a fifth of it -- gets
-one run per length, as a checkpoint of a longer run is not a run of that length), on every dev task, training seed 0, the stopping rule off. If the chosen learning rate
-lies on the grid's edge, one more learning rate a factor 3 beyond it is run and the choice repeated
-(once), so no method is held back by where its reference default happened to sit. Every grid point is
+200 on the way; a method whose schedule follows the run's length -- AdvUnlearn's warm-up is a fifth of it --
+gets one run per length, as a checkpoint of a longer run is not a run of that length), on every dev task,
+training seed 0, the stopping rule off. If the chosen learning rate lies on the grid's edge, one more learning
+rate a factor 3 beyond it is run and the choice repeated (once), so no method is held back by where its
+reference default happened to sit. Every grid point is
 graded with the protocol's checkpoint evaluation (target captions and unseen retain scenes, evaluation
 seeds). The selection rule (declared in docs/baselines.md before the grid ran): among the settings whose
 mean unseen-retain drop over the dev tasks is <= 3 points, the lowest mean forget rate, ties to the
@@ -80,11 +81,11 @@ def grid_points(cells: list[dict], label: str, lrs: list[float]) -> list[dict]:
     points = []
     for lr in lrs:
         runs = grid_runs(label, lr)
-        groups = {steps: [c for c in cells if c["method"] == run and "error" not in c] for steps, run in runs.items()}
-        if any(len({c["task"] for c in group}) < len(DEV_TASKS) for group in groups.values()):
+        by_run = {run: [c for c in cells if c["method"] == run and "error" not in c] for run in set(runs.values())}
+        if any(len({c["task"] for c in group}) < len(DEV_TASKS) for group in by_run.values()):
             continue
-        for steps, group in groups.items():
-            at = [next(p for p in c["curve"] if p["step"] == steps) for c in group]
+        for steps, run in runs.items():
+            at = [next(p for p in c["curve"] if p["step"] == steps) for c in by_run[run]]
             points.append({"lr": lr, "steps": steps,
                            "forget": statistics.mean(p["forget"] for p in at),
                            "retain_drop": statistics.mean(p["retain_unseen_before"] - p["retain_unseen"] for p in at),
