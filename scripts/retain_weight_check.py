@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Is SalUn's (and ESD-u's) retain collapse on the testbed our bug or the method's? Controlled runs.
+"""Is SalUn's (and ESD-u's, AdvUnlearn's) retain cost on the testbed our bug or the method's? Controlled runs.
 
 On one dev task (default `green`), lr 1e-5, 100 steps, training seed 0, each variant is a `trust unlearn`
 run graded with the bench's checkpoint-sized evaluation plus the seen retain scenes:
@@ -10,11 +10,17 @@ run graded with the bench's checkpoint-sized evaluation plus the seen retain sce
   salun-alpha0.5    the reference README's alpha for class forgetting
   salun-alpha2      TRUST's retain weight
   esdu-ref          ESD-u at the same lr and length (it has no retain term)
+  advunlearn-noop   AdvUnlearn at lr 1e-9: its trained text encoder, saved and loaded, changes nothing
+  advunlearn-ref    AdvUnlearn as tuned (lr 1e-5, 100 steps: the same as every variant here), retain_loss_w 1
+  advunlearn-noattack  warm-up 99 of the 100 steps (one attacked step; the method refuses none): ESD on the text
+                       encoder with the retain term
+  advunlearn-forgetonly  retain_loss_w = 0
+  advunlearn-retain5     retain_loss_w = 5
 Each variant's figures go to the results file with the commit that ran it; variants already there are
 skipped (resumable). Prints a table.
 
 Usage: python scripts/retain_weight_check.py [--concept green] [--out runs/retain-weight]
-       [--results results/diagnostics/retain_weight.json] [--threads 1]
+       [--results results/diagnostics/retain_weight.json] [--threads 1] [--variants advunlearn-ref ...]
 """
 from __future__ import annotations
 
@@ -35,6 +41,11 @@ VARIANTS = {
     "salun-alpha0.5": ["--method", "salun", "--method-arg", "alpha=0.5"],
     "salun-alpha2": ["--method", "salun", "--method-arg", "alpha=2.0"],
     "esdu-ref": ["--method", "esd-u"],
+    "advunlearn-noop": ["--method", "advunlearn", "--lr", "1e-9"],
+    "advunlearn-ref": ["--method", "advunlearn"],
+    "advunlearn-noattack": ["--method", "advunlearn", "--method-arg", "warmup_steps=99"],
+    "advunlearn-forgetonly": ["--method", "advunlearn", "--method-arg", "retain_loss_w=0"],
+    "advunlearn-retain5": ["--method", "advunlearn", "--method-arg", "retain_loss_w=5"],
 }
 EVAL = ["--eval-arg", "target_seeds=4", "--eval-arg", "retain_seeds=8", "--eval-arg", "seen=true"]
 FIGURES = ("forget_rate", "unrecognised", "anchor_rate", "retain_seen", "retain_unseen", "retain_unseen_shape",
@@ -59,11 +70,13 @@ def main() -> int:
     parser.add_argument("--out", default="runs/retain-weight")
     parser.add_argument("--results", default="results/diagnostics/retain_weight.json")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS),
+                        help="variants to run (default: all)")
     args = parser.parse_args()
     path = Path(args.results)
     data = json.loads(path.read_text()) if path.exists() else {"cells": []}
     done = {c["variant"] for c in data["cells"] if c["concept"] == args.concept}
-    for name in VARIANTS:
+    for name in args.variants:
         if name not in done:
             data["cells"].append(run_variant(name, args, Path(args.out)))
             write_json(path, data)
