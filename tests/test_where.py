@@ -3,7 +3,10 @@ import csv
 
 import pytest
 
-from trust_unlearn.attacks.where import attack_prompts, format_table, locate
+import torch
+from safetensors.torch import save_file
+
+from trust_unlearn.attacks.where import attack_prompts, format_table, locate, trained_neurons
 from trust_unlearn.errors import UserError
 
 
@@ -31,9 +34,14 @@ def test_attack_mask_against_plain_mask_and_floor(tiny_model_dir, tiny_clip_dir)
     from trust_unlearn.pipeline import load_model
 
     model, scorer = load_model(str(tiny_model_dir)), CLIPScorer(str(tiny_clip_dir))
+    from trust_unlearn.neurons import cross_attention_parameters
+
     args = {"saliency_batch": 1, "saliency_steps": 2, "backprop_depth": 1, "xi": 1.0}
     found = {"same": [("a red circle", "a red circle")], "other": [("a red circle", "a photo of a mountain lake")]}
-    result = locate(model, scorer, "circle", found, estimates=2, seed=0, trust_args=args)
+    # as if training had selected every neuron of the down blocks and none elsewhere
+    trained = {n: torch.arange(len(w)) for n, w in cross_attention_parameters(model.pipe.unet).items()
+               if n.startswith("down_blocks")}
+    result = locate(model, scorer, "circle", found, estimates=2, seed=0, trust_args=args, trained=trained)
     same, other = result["attacks"]["same"], result["attacks"]["other"]
     # the "attack" that is the target prompt itself, at the plain mask's seed: the same mask, nothing attack-only
     assert same["jaccard_attack_plain"] == 1.0 and same["attack_only_neurons"] == 0
@@ -41,4 +49,16 @@ def test_attack_mask_against_plain_mask_and_floor(tiny_model_dir, tiny_clip_dir)
     assert other["jaccard_attack_plain"] < 1.0 and other["attack_neurons"] > 0
     assert sum(b["attack"] for b in other["blocks"].values()) == other["attack_neurons"]
     assert "J(att,plain)" in format_table(result) and "up_blocks" in format_table(result)
+    assert result["trained_neurons"] == sum(len(r) for r in trained.values()) < result["all_neurons"]
+    down_only = sum(v["attack_only"] for b, v in other["blocks"].items() if b.startswith("down_blocks"))
+    assert other["attack_only_trained"] == down_only
+    assert all(v["attack_only_trained"] == 0 for b, v in other["blocks"].items() if not b.startswith("down_blocks"))
+    assert "trained" in format_table(result)
     assert not any(p.requires_grad for p in model.pipe.unet.parameters())  # the model is left as it was
+
+
+def test_trained_neurons_is_the_union_of_the_runs_mask_history(tmp_path):
+    assert trained_neurons(tmp_path) is None  # not a TRUST run folder
+    save_file({"a.weight.indices": torch.tensor([3, 1, 3], dtype=torch.int32),
+               "a.weight.offsets": torch.tensor([0, 2, 3])}, tmp_path / "masks.safetensors")
+    assert trained_neurons(tmp_path)["a.weight"].tolist() == [1, 3]

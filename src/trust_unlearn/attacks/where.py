@@ -6,7 +6,10 @@ short generation with its prompt, per cross-attention neuron -- is estimated for
 summed over `estimates` independent draws, and turned into a mask by TRUST's z-score rule. Two masks of
 the same plain prompts from disjoint draws give the noise floor: an overlap of the attack's mask with the
 plain one no lower than the floor says the attack reaches the concept through the same neurons; a lower
-one, and the attack-only neurons per UNet block, say where a robust mode must look (docs/method.md).
+one, and the attack-only neurons per UNet block, say where a robust mode must look (docs/method.md). For a
+TRUST run folder, the attack-only neurons are also counted against the ones the run selected at some step of
+its training (its masks.safetensors): one it never selected is a neuron the dynamic mask missed; one it did
+select was edited, but not enough.
 """
 from __future__ import annotations
 
@@ -42,6 +45,17 @@ def attack_prompts(folder: str | Path, attacks: list[str] | None = None) -> dict
         raise UserError(f"no successful attack prompt in {folder}" + (f" for {', '.join(attacks)}" if attacks else "")
                         + ": nothing to locate (the concept did not survive these attacks)")
     return found
+
+
+def trained_neurons(model_dir: str | Path) -> dict[str, torch.Tensor] | None:
+    """{parameter: row indices} of every neuron a TRUST run selected at some step (the union of its mask
+    history, masks.safetensors), or None where the model is not such a run folder."""
+    path = Path(model_dir) / "masks.safetensors"
+    if not path.is_file():
+        return None
+    from safetensors.torch import load_file
+
+    return {n.removesuffix(".indices"): t.long().unique() for n, t in load_file(path).items() if n.endswith(".indices")}
 
 
 def block_of(param: str) -> str:
@@ -97,10 +111,12 @@ def _per_block(mask) -> dict[str, int]:
 
 
 def locate(model, scorer, concept: str, found: dict[str, list[tuple[str, str]]], estimates: int = 4, seed: int = 0,
-           trust_args: dict | None = None) -> dict:
-    """Per attack: its mask vs the plain prompts' mask (and the plain prompts' noise floor), overall and per block."""
+           trust_args: dict | None = None, trained: dict[str, torch.Tensor] | None = None) -> dict:
+    """Per attack: its mask vs the plain prompts' mask (and the plain prompts' noise floor), overall and per block;
+    with `trained` (trained_neurons), how many attack-only neurons the run's training ever selected."""
     trust_args = trust_args or {}
     result = {"concept": concept, "estimates": estimates, "attacks": {}}
+    trained_mask = None
     for name, rows in found.items():
         plain_rows = [(t, t) for t, _ in rows]
         plain = saliency_mask(model, scorer, concept, plain_rows, estimates, seed, trust_args)
@@ -108,6 +124,13 @@ def locate(model, scorer, concept: str, found: dict[str, list[tuple[str, str]]],
         attacked = saliency_mask(model, scorer, concept, rows, estimates, seed, trust_args)
         only = {n: attacked[n] & ~(plain[n] | plain_again[n]) for n in attacked}
         blocks = sorted(set(_per_block(plain)) | set(_per_block(attacked)))
+        if trained is not None and trained_mask is None:
+            trained_mask = {n: torch.zeros_like(m) for n, m in attacked.items()}
+            for n, rows in trained.items():
+                if n in trained_mask:
+                    trained_mask[n][rows] = True
+            result["trained_neurons"] = len(mask_indices(trained_mask))
+            result["all_neurons"] = sum(len(m) for m in attacked.values())
         result["attacks"][name] = {
             "prompts": len(rows), "plain_neurons": len(mask_indices(plain)), "attack_neurons": len(mask_indices(attacked)),
             "jaccard_attack_plain": jaccard(attacked, plain), "jaccard_floor": jaccard(plain, plain_again),
@@ -115,17 +138,28 @@ def locate(model, scorer, concept: str, found: dict[str, list[tuple[str, str]]],
             "blocks": {b: {"plain": _per_block(plain).get(b, 0), "attack": _per_block(attacked).get(b, 0),
                            "attack_only": _per_block(only).get(b, 0)} for b in blocks},
         }
+        if trained_mask is not None:
+            only_trained = _per_block({n: only[n] & trained_mask[n] for n in only})
+            result["attacks"][name]["attack_only_trained"] = sum(only_trained.values())
+            for b, v in result["attacks"][name]["blocks"].items():
+                v["attack_only_trained"] = only_trained.get(b, 0)
     return result
 
 
 def format_table(result: dict) -> str:
-    lines = [f"where: concept {result['concept']!r}, saliency summed over {result['estimates']} draws per mask",
-             f"{'attack':<16}{'prompts':>8}{'plain':>8}{'attack':>8}{'J(att,plain)':>14}{'J floor':>9}{'attack-only':>13}"]
+    has_trained = "trained_neurons" in result
+    lines = [f"where: concept {result['concept']!r}, saliency summed over {result['estimates']} draws per mask"]
+    if has_trained:
+        lines.append(f"the run's training selected {result['trained_neurons']} of {result['all_neurons']} neurons at some "
+                     f"step ({result['trained_neurons'] / result['all_neurons']:.0%}); 'trained': attack-only ones among them")
+    lines.append(f"{'attack':<16}{'prompts':>8}{'plain':>8}{'attack':>8}{'J(att,plain)':>14}{'J floor':>9}{'attack-only':>13}"
+                 + (f"{'trained':>9}" if has_trained else ""))
     for name, r in result["attacks"].items():
         lines.append(f"{name:<16}{r['prompts']:>8}{r['plain_neurons']:>8}{r['attack_neurons']:>8}"
-                     f"{r['jaccard_attack_plain']:>14.2f}{r['jaccard_floor']:>9.2f}{r['attack_only_neurons']:>13}")
+                     f"{r['jaccard_attack_plain']:>14.2f}{r['jaccard_floor']:>9.2f}{r['attack_only_neurons']:>13}"
+                     + (f"{r['attack_only_trained']:>9}" if has_trained else ""))
         lines += [f"    {b:<14} plain {v['plain']:>4}  attack {v['attack']:>4}  attack-only {v['attack_only']:>4}"
-                  for b, v in r["blocks"].items()]
+                  + (f"  trained {v['attack_only_trained']:>4}" if has_trained else "") for b, v in r["blocks"].items()]
     return "\n".join(lines)
 
 
@@ -153,6 +187,6 @@ def run(args) -> None:
     scorer = load_scorer(args.scorer, model.is_testbed)
     with torch.enable_grad():
         result = locate(model, scorer, args.concept, found, args.estimates, args.seed,
-                        {} if args.xi is None else {"xi": args.xi})
+                        {} if args.xi is None else {"xi": args.xi}, trained_neurons(args.model))
     print(format_table(result))
     write_json_arg(args.json, result)
