@@ -38,8 +38,8 @@ def test_attack_mask_against_plain_mask_and_floor(tiny_model_dir, tiny_clip_dir)
 
     args = {"saliency_batch": 1, "saliency_steps": 2, "backprop_depth": 1, "xi": 1.0}
     found = {"same": [("a red circle", "a red circle")], "other": [("a red circle", "a photo of a mountain lake")]}
-    # as if training had selected every neuron of the down blocks and none elsewhere
-    trained = {n: torch.arange(len(w)) for n, w in cross_attention_parameters(model.pipe.unet).items()
+    # as if training had selected every neuron of the down blocks in half of its steps, and none elsewhere
+    trained = {n: torch.full((len(w),), 0.5) for n, w in cross_attention_parameters(model.pipe.unet).items()
                if n.startswith("down_blocks")}
     result = locate(model, scorer, "circle", found, estimates=2, seed=0, trust_args=args, trained=trained)
     same, other = result["attacks"]["same"], result["attacks"]["other"]
@@ -53,12 +53,16 @@ def test_attack_mask_against_plain_mask_and_floor(tiny_model_dir, tiny_clip_dir)
     down_only = sum(v["attack_only"] for b, v in other["blocks"].items() if b.startswith("down_blocks"))
     assert other["attack_only_trained"] == down_only
     assert all(v["attack_only_trained"] == 0 for b, v in other["blocks"].items() if not b.startswith("down_blocks"))
+    down_plain = sum(v["plain"] for b, v in other["blocks"].items() if b.startswith("down_blocks"))
+    assert result["trained_step_share"] == 0.5
+    assert other["plain_step_share"] == pytest.approx(0.5 * down_plain / other["plain_neurons"])
     assert "trained" in format_table(result)
     assert not any(p.requires_grad for p in model.pipe.unet.parameters())  # the model is left as it was
 
 
-def test_trained_neurons_is_the_union_of_the_runs_mask_history(tmp_path):
+def test_trained_neurons_reads_each_rows_share_of_steps_from_the_mask_history(tmp_path):
     assert trained_neurons(tmp_path) is None  # not a TRUST run folder
     save_file({"a.weight.indices": torch.tensor([3, 1, 3], dtype=torch.int32),
                "a.weight.offsets": torch.tensor([0, 2, 3])}, tmp_path / "masks.safetensors")
-    assert trained_neurons(tmp_path)["a.weight"].tolist() == [1, 3]
+    # two steps: rows 3 and 1 at the first, row 3 at the second
+    assert trained_neurons(tmp_path)["a.weight"].tolist() == [0, 0.5, 0, 1.0]

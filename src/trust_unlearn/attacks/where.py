@@ -8,8 +8,8 @@ the same plain prompts from disjoint draws give the noise floor: an overlap of t
 plain one no lower than the floor says the attack reaches the concept through the same neurons; a lower
 one, and the attack-only neurons per UNet block, say where a robust mode must look (docs/method.md). For a
 TRUST run folder, the attack-only neurons are also counted against the ones the run selected at some step of
-its training (its masks.safetensors): one it never selected is a neuron the dynamic mask missed; one it did
-select was edited, but not enough.
+its training (its masks.safetensors), and in what share of the steps: one it never selected is a neuron the
+dynamic mask missed; one it did select was edited, but not enough.
 """
 from __future__ import annotations
 
@@ -48,14 +48,21 @@ def attack_prompts(folder: str | Path, attacks: list[str] | None = None) -> dict
 
 
 def trained_neurons(model_dir: str | Path) -> dict[str, torch.Tensor] | None:
-    """{parameter: row indices} of every neuron a TRUST run selected at some step (the union of its mask
-    history, masks.safetensors), or None where the model is not such a run folder."""
+    """{parameter: per row, the share of the run's steps that selected it} for a TRUST run folder (its mask
+    history, masks.safetensors; a row never selected is absent or 0), or None where the model is not one."""
     path = Path(model_dir) / "masks.safetensors"
     if not path.is_file():
         return None
     from safetensors.torch import load_file
 
-    return {n.removesuffix(".indices"): t.long().unique() for n, t in load_file(path).items() if n.endswith(".indices")}
+    history = load_file(path)
+    out = {}
+    for name, indices in history.items():
+        if name.endswith(".indices"):
+            steps = max(1, len(history[name.removesuffix(".indices") + ".offsets"]) - 1)
+            rows = indices.long()
+            out[name.removesuffix(".indices")] = torch.bincount(rows, minlength=int(rows.max()) + 1 if len(rows) else 0) / steps
+    return out
 
 
 def block_of(param: str) -> str:
@@ -110,13 +117,34 @@ def _per_block(mask) -> dict[str, int]:
     return out
 
 
+def _step_shares(model, trained: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Per cross-attention parameter of the model, per row, the share of training steps that selected it."""
+    from trust_unlearn.neurons import cross_attention_parameters
+
+    share = {n: torch.zeros(len(w)) for n, w in cross_attention_parameters(model.pipe.unet).items()}
+    for n, steps in trained.items():
+        if n in share:
+            share[n][: len(steps)] = steps
+    return share
+
+
+def _mean_share(share: dict[str, torch.Tensor], mask) -> float:
+    """The mean share of training steps that selected the mask's neurons (a neuron never selected counts 0)."""
+    values = torch.cat([share[n][m] for n, m in mask.items()])
+    return float(values.mean()) if len(values) else 0.0
+
+
 def locate(model, scorer, concept: str, found: dict[str, list[tuple[str, str]]], estimates: int = 4, seed: int = 0,
            trust_args: dict | None = None, trained: dict[str, torch.Tensor] | None = None) -> dict:
     """Per attack: its mask vs the plain prompts' mask (and the plain prompts' noise floor), overall and per block;
     with `trained` (trained_neurons), how many attack-only neurons the run's training ever selected."""
     trust_args = trust_args or {}
     result = {"concept": concept, "estimates": estimates, "attacks": {}}
-    trained_mask = None
+    share = None if trained is None else _step_shares(model, trained)
+    if share is not None:
+        selected = torch.cat([v[v > 0] for v in share.values()])
+        result.update(trained_neurons=len(selected), all_neurons=sum(len(v) for v in share.values()),
+                      trained_step_share=float(selected.mean()) if len(selected) else 0.0)
     for name, rows in found.items():
         plain_rows = [(t, t) for t, _ in rows]
         plain = saliency_mask(model, scorer, concept, plain_rows, estimates, seed, trust_args)
@@ -124,13 +152,6 @@ def locate(model, scorer, concept: str, found: dict[str, list[tuple[str, str]]],
         attacked = saliency_mask(model, scorer, concept, rows, estimates, seed, trust_args)
         only = {n: attacked[n] & ~(plain[n] | plain_again[n]) for n in attacked}
         blocks = sorted(set(_per_block(plain)) | set(_per_block(attacked)))
-        if trained is not None and trained_mask is None:
-            trained_mask = {n: torch.zeros_like(m) for n, m in attacked.items()}
-            for n, rows in trained.items():
-                if n in trained_mask:
-                    trained_mask[n][rows] = True
-            result["trained_neurons"] = len(mask_indices(trained_mask))
-            result["all_neurons"] = sum(len(m) for m in attacked.values())
         result["attacks"][name] = {
             "prompts": len(rows), "plain_neurons": len(mask_indices(plain)), "attack_neurons": len(mask_indices(attacked)),
             "jaccard_attack_plain": jaccard(attacked, plain), "jaccard_floor": jaccard(plain, plain_again),
@@ -138,9 +159,11 @@ def locate(model, scorer, concept: str, found: dict[str, list[tuple[str, str]]],
             "blocks": {b: {"plain": _per_block(plain).get(b, 0), "attack": _per_block(attacked).get(b, 0),
                            "attack_only": _per_block(only).get(b, 0)} for b in blocks},
         }
-        if trained_mask is not None:
-            only_trained = _per_block({n: only[n] & trained_mask[n] for n in only})
-            result["attacks"][name]["attack_only_trained"] = sum(only_trained.values())
+        if share is not None:
+            only_trained = _per_block({n: only[n] & (share[n] > 0) for n in only})
+            result["attacks"][name].update(attack_only_trained=sum(only_trained.values()),
+                                           plain_step_share=_mean_share(share, plain),
+                                           attack_only_step_share=_mean_share(share, only))
             for b, v in result["attacks"][name]["blocks"].items():
                 v["attack_only_trained"] = only_trained.get(b, 0)
     return result
@@ -151,13 +174,16 @@ def format_table(result: dict) -> str:
     lines = [f"where: concept {result['concept']!r}, saliency summed over {result['estimates']} draws per mask"]
     if has_trained:
         lines.append(f"the run's training selected {result['trained_neurons']} of {result['all_neurons']} neurons at some "
-                     f"step ({result['trained_neurons'] / result['all_neurons']:.0%}); 'trained': attack-only ones among them")
+                     f"step ({result['trained_neurons'] / result['all_neurons']:.0%}), each in {result['trained_step_share']:.0%} of "
+                     "the steps on average; 'trained': attack-only ones among them; 'steps': the mean share of steps that "
+                     "selected the plain / attack-only neurons")
     lines.append(f"{'attack':<16}{'prompts':>8}{'plain':>8}{'attack':>8}{'J(att,plain)':>14}{'J floor':>9}{'attack-only':>13}"
-                 + (f"{'trained':>9}" if has_trained else ""))
+                 + (f"{'trained':>9}{'steps':>12}" if has_trained else ""))
     for name, r in result["attacks"].items():
         lines.append(f"{name:<16}{r['prompts']:>8}{r['plain_neurons']:>8}{r['attack_neurons']:>8}"
                      f"{r['jaccard_attack_plain']:>14.2f}{r['jaccard_floor']:>9.2f}{r['attack_only_neurons']:>13}"
-                     + (f"{r['attack_only_trained']:>9}" if has_trained else ""))
+                     + (f"{r['attack_only_trained']:>9}{r['plain_step_share']:>6.0%}/{r['attack_only_step_share']:<5.0%}"
+                        if has_trained else ""))
         lines += [f"    {b:<14} plain {v['plain']:>4}  attack {v['attack']:>4}  attack-only {v['attack_only']:>4}"
                   + (f"  trained {v['attack_only_trained']:>4}" if has_trained else "") for b, v in r["blocks"].items()]
     return "\n".join(lines)
