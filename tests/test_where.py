@@ -56,6 +56,7 @@ def test_attack_mask_against_plain_mask_and_floor(tiny_model_dir, tiny_clip_dir)
     down_plain = sum(v["plain"] for b, v in other["blocks"].items() if b.startswith("down_blocks"))
     assert result["trained_step_share"] == 0.5
     assert other["plain_step_share"] == pytest.approx(0.5 * down_plain / other["plain_neurons"])
+    assert 0 <= other["noise_only_step_share"] <= 0.5
     assert "trained" in format_table(result)
     assert not any(p.requires_grad for p in model.pipe.unet.parameters())  # the model is left as it was
 

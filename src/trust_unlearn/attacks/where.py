@@ -161,9 +161,12 @@ def locate(model, scorer, concept: str, found: dict[str, list[tuple[str, str]]],
         }
         if share is not None:
             only_trained = _per_block({n: only[n] & (share[n] > 0) for n in only})
+            # the plain estimate's own noise (neurons only its second draw selects) is the reference for attack-only ones
+            noise_only = {n: plain_again[n] & ~plain[n] for n in plain}
             result["attacks"][name].update(attack_only_trained=sum(only_trained.values()),
                                            plain_step_share=_mean_share(share, plain),
-                                           attack_only_step_share=_mean_share(share, only))
+                                           attack_only_step_share=_mean_share(share, only),
+                                           noise_only_step_share=_mean_share(share, noise_only))
             for b, v in result["attacks"][name]["blocks"].items():
                 v["attack_only_trained"] = only_trained.get(b, 0)
     return result
@@ -176,14 +179,14 @@ def format_table(result: dict) -> str:
         lines.append(f"the run's training selected {result['trained_neurons']} of {result['all_neurons']} neurons at some "
                      f"step ({result['trained_neurons'] / result['all_neurons']:.0%}), each in {result['trained_step_share']:.0%} of "
                      "the steps on average; 'trained': attack-only ones among them; 'steps': the mean share of steps that "
-                     "selected the plain / attack-only neurons")
+                     "selected the plain / attack-only / noise-only neurons (those only the floor's second draw selects)")
     lines.append(f"{'attack':<16}{'prompts':>8}{'plain':>8}{'attack':>8}{'J(att,plain)':>14}{'J floor':>9}{'attack-only':>13}"
-                 + (f"{'trained':>9}{'steps':>12}" if has_trained else ""))
+                 + (f"{'trained':>9}{'steps':>16}" if has_trained else ""))
     for name, r in result["attacks"].items():
         lines.append(f"{name:<16}{r['prompts']:>8}{r['plain_neurons']:>8}{r['attack_neurons']:>8}"
                      f"{r['jaccard_attack_plain']:>14.2f}{r['jaccard_floor']:>9.2f}{r['attack_only_neurons']:>13}"
-                     + (f"{r['attack_only_trained']:>9}{r['plain_step_share']:>6.0%}/{r['attack_only_step_share']:<5.0%}"
-                        if has_trained else ""))
+                     + (f"{r['attack_only_trained']:>9}{r['plain_step_share']:>6.0%}/{r['attack_only_step_share']:.0%}"
+                        f"/{r['noise_only_step_share']:.0%}" if has_trained else ""))
         lines += [f"    {b:<14} plain {v['plain']:>4}  attack {v['attack']:>4}  attack-only {v['attack_only']:>4}"
                   + (f"  trained {v['attack_only_trained']:>4}" if has_trained else "") for b, v in r["blocks"].items()]
     return "\n".join(lines)
