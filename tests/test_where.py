@@ -6,7 +6,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from trust_unlearn.attacks.where import attack_prompts, format_table, locate, trained_neurons
+from trust_unlearn.attacks.where import attack_prompts, format_table, locate, training_step_shares
 from trust_unlearn.errors import UserError
 
 
@@ -61,9 +61,9 @@ def test_attack_mask_against_plain_mask_and_floor(tiny_model_dir, tiny_clip_dir)
     assert not any(p.requires_grad for p in model.pipe.unet.parameters())  # the model is left as it was
 
 
-def test_trained_neurons_reads_each_rows_share_of_steps_from_the_mask_history(tmp_path):
-    assert trained_neurons(tmp_path) is None  # not a TRUST run folder
+def test_training_step_shares_reads_each_rows_share_of_steps_from_the_mask_history(tmp_path):
+    assert training_step_shares(tmp_path) is None  # not a TRUST run folder
     save_file({"a.weight.indices": torch.tensor([3, 1, 3], dtype=torch.int32),
                "a.weight.offsets": torch.tensor([0, 2, 3])}, tmp_path / "masks.safetensors")
     # two steps: rows 3 and 1 at the first, row 3 at the second
-    assert trained_neurons(tmp_path)["a.weight"].tolist() == [0, 0.5, 0, 1.0]
+    assert training_step_shares(tmp_path)["a.weight"].tolist() == [0, 0.5, 0, 1.0]

@@ -47,7 +47,7 @@ def attack_prompts(folder: str | Path, attacks: list[str] | None = None) -> dict
     return found
 
 
-def trained_neurons(model_dir: str | Path) -> dict[str, torch.Tensor] | None:
+def training_step_shares(model_dir: str | Path) -> dict[str, torch.Tensor] | None:
     """{parameter: per row, the share of the run's steps that selected it} for a TRUST run folder (its mask
     history, masks.safetensors; a row never selected is absent or 0), or None where the model is not one."""
     path = Path(model_dir) / "masks.safetensors"
@@ -60,8 +60,7 @@ def trained_neurons(model_dir: str | Path) -> dict[str, torch.Tensor] | None:
     for name, indices in history.items():
         if name.endswith(".indices"):
             steps = max(1, len(history[name.removesuffix(".indices") + ".offsets"]) - 1)
-            rows = indices.long()
-            out[name.removesuffix(".indices")] = torch.bincount(rows, minlength=int(rows.max()) + 1 if len(rows) else 0) / steps
+            out[name.removesuffix(".indices")] = torch.bincount(indices.long()) / steps
     return out
 
 
@@ -137,7 +136,8 @@ def _mean_share(share: dict[str, torch.Tensor], mask) -> float:
 def locate(model, scorer, concept: str, found: dict[str, list[tuple[str, str]]], estimates: int = 4, seed: int = 0,
            trust_args: dict | None = None, trained: dict[str, torch.Tensor] | None = None) -> dict:
     """Per attack: its mask vs the plain prompts' mask (and the plain prompts' noise floor), overall and per block;
-    with `trained` (trained_neurons), how many attack-only neurons the run's training ever selected."""
+    with `trained` (training_step_shares), how many attack-only neurons the run's training ever selected, and the
+    mean share of its steps that selected the plain, attack-only and noise-only neurons."""
     trust_args = trust_args or {}
     result = {"concept": concept, "estimates": estimates, "attacks": {}}
     share = None if trained is None else _step_shares(model, trained)
@@ -161,7 +161,7 @@ def locate(model, scorer, concept: str, found: dict[str, list[tuple[str, str]]],
         }
         if share is not None:
             only_trained = _per_block({n: only[n] & (share[n] > 0) for n in only})
-            # the plain estimate's own noise (neurons only its second draw selects) is the reference for attack-only ones
+            # the plain estimate's own noise (neurons only its second draw selects): the attack-only ones' reference
             noise_only = {n: plain_again[n] & ~plain[n] for n in plain}
             result["attacks"][name].update(attack_only_trained=sum(only_trained.values()),
                                            plain_step_share=_mean_share(share, plain),
@@ -176,10 +176,12 @@ def format_table(result: dict) -> str:
     has_trained = "trained_neurons" in result
     lines = [f"where: concept {result['concept']!r}, saliency summed over {result['estimates']} draws per mask"]
     if has_trained:
-        lines.append(f"the run's training selected {result['trained_neurons']} of {result['all_neurons']} neurons at some "
-                     f"step ({result['trained_neurons'] / result['all_neurons']:.0%}), each in {result['trained_step_share']:.0%} of "
-                     "the steps on average; 'trained': attack-only ones among them; 'steps': the mean share of steps that "
-                     "selected the plain / attack-only / noise-only neurons (those only the floor's second draw selects)")
+        trained, total = result["trained_neurons"], result["all_neurons"]
+        lines += [f"the run's training selected {trained} of {total} neurons at some step ({trained / total:.0%}), each "
+                  f"in {result['trained_step_share']:.0%} of the steps on average",
+                  "trained: the attack-only neurons among them; steps: the mean share of the training steps that "
+                  "selected the plain / attack-only / noise-only neurons (noise-only: selected by the floor's second "
+                  "draw alone)"]
     lines.append(f"{'attack':<16}{'prompts':>8}{'plain':>8}{'attack':>8}{'J(att,plain)':>14}{'J floor':>9}{'attack-only':>13}"
                  + (f"{'trained':>9}{'steps':>16}" if has_trained else ""))
     for name, r in result["attacks"].items():
@@ -216,6 +218,6 @@ def run(args) -> None:
     scorer = load_scorer(args.scorer, model.is_testbed)
     with torch.enable_grad():
         result = locate(model, scorer, args.concept, found, args.estimates, args.seed,
-                        {} if args.xi is None else {"xi": args.xi}, trained_neurons(args.model))
+                        {} if args.xi is None else {"xi": args.xi}, training_step_shares(args.model))
     print(format_table(result))
     write_json_arg(args.json, result)

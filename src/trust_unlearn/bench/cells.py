@@ -79,7 +79,7 @@ FIGURE_NEUTRAL_EDITS = {
     ("evaluation/protocol.py", "21daf8e69f58"): "ebf2c0c5e445147af1eca626ae49dcc07bfc9945",
     # `trust where` counts attack-only neurons against the rows a run trained (and in what share of its steps): an
     # analysis of attack results, which no attack imports (`git diff 3d84e33 -- src/trust_unlearn/attacks/where.py`)
-    ("attacks/where.py", "8400d3d34de4"): "3d84e33cc6263eae6746f1e6a6f2404ea20d2821",
+    ("attacks/where.py", "9b59ded51677"): "3d84e33cc6263eae6746f1e6a6f2404ea20d2821",
 }
 
 
