@@ -2,7 +2,6 @@
 import csv
 
 import pytest
-
 import torch
 from safetensors.torch import save_file
 
@@ -31,11 +30,10 @@ def test_reads_only_successful_attack_prompts(tmp_path):
 
 def test_attack_mask_against_plain_mask_and_floor(tiny_model_dir, tiny_clip_dir):
     from trust_unlearn.evaluation.scorers import CLIPScorer
+    from trust_unlearn.neurons import cross_attention_parameters
     from trust_unlearn.pipeline import load_model
 
     model, scorer = load_model(str(tiny_model_dir)), CLIPScorer(str(tiny_clip_dir))
-    from trust_unlearn.neurons import cross_attention_parameters
-
     args = {"saliency_batch": 1, "saliency_steps": 2, "backprop_depth": 1, "xi": 1.0}
     found = {"same": [("a red circle", "a red circle")], "other": [("a red circle", "a photo of a mountain lake")]}
     # as if training had selected every neuron of the down blocks in half of its steps, and none elsewhere
