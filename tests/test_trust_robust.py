@@ -66,7 +66,6 @@ def test_only_masked_rows_change(tiny_model_dir, tiny_clip_dir):
     ({"adv_tokens": 0}, "adv_tokens must be >= 1"),
     ({"attack_lr": 0.0}, "attack_lr must be positive"),
     ({"in_saliency": False, "in_loss": False}, "both off"),
-    ({"adv_mask": "mean"}, "adv_mask must be one of sum, union"),
 ])
 def test_bad_options_give_one_clear_error(options, says):
     with pytest.raises(UserError, match=says):
@@ -92,22 +91,6 @@ def test_in_saliency_adds_the_adversarial_gradient_to_the_mask(tiny_model_dir, t
     assert all(torch.equal(plain[n], alone[n]) for n in plain)
     assert jaccard(concept_neuron_masks(with_adv, 1.0), concept_neuron_masks(plain, 1.0)) < 1.0
     assert any(not torch.equal(with_adv[n], plain[n]) for n in plain)
-
-
-def test_union_mask_keeps_the_rows_of_either_saliency(tiny_model_dir, tiny_clip_dir):
-    method, ctx = build(tiny_model_dir, tiny_clip_dir, adv_mask="union")
-    method.inner_attack()
-    rng = ctx.rng.get_state()
-    summed = method.saliency_gradients()
-    union = method.concept_neurons(summed)
-    ctx.rng.set_state(rng)
-    plain = Trust.saliency_gradients(method)  # the same draws, target prompts only
-    adv = method.adversarial_saliency_gradients()
-    assert all(torch.equal(summed[n], plain[n] + adv[n]) for n in plain)  # CIP's g is still the sum
-    expected = {n: m | a for (n, m), a in zip(concept_neuron_masks(plain, 1.0).items(),
-                                              concept_neuron_masks(adv, 1.0).values())}
-    assert all(torch.equal(union[n], expected[n]) for n in expected)
-    assert jaccard(union, concept_neuron_masks(summed, 1.0)) < 1.0  # not what "sum" selects
 
 
 def test_in_loss_adds_the_adversarial_forget_term(tiny_model_dir, tiny_clip_dir):

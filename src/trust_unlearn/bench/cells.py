@@ -80,10 +80,6 @@ FIGURE_NEUTRAL_EDITS = {
     # `trust where` counts attack-only neurons against the rows a run trained (and in what share of its steps): an
     # analysis of attack results, which no attack imports (`git diff 3d84e33 -- src/trust_unlearn/attacks/where.py`)
     ("attacks/where.py", "9b59ded51677"): "3d84e33cc6263eae6746f1e6a6f2404ea20d2821",
-    # robust mode's `adv_mask` option (default "sum", the mask as before): the same tensors, bit for bit, with the
-    # default (scripts/figure_neutral_check.py --runs robust testbed_robust before / after:
-    # results/diagnostics/robust_union/neutral_check.json)
-    ("methods/trust_robust.py", "fb5165f44253"): "1723a1552c1f03ae5eeb6afa7b2fbeb838415501",
 }
 
 

@@ -23,9 +23,6 @@ from trust_unlearn.errors import UserError
 from trust_unlearn.methods import register_method
 from trust_unlearn.methods.base import RunContext, gradients
 from trust_unlearn.methods.trust import Trust, TrustConfig
-from trust_unlearn.neurons import Mask
-
-ADV_MASKS = ("sum", "union")
 
 
 @dataclass
@@ -39,10 +36,6 @@ class RobustConfig(TrustConfig):
     in_saliency: bool = True  # adversarial states join the saliency estimate (the mask)
     in_loss: bool = True  # the forget term is also applied on adversarial states
     adv_weight: float = 1.0  # weight of that adversarial forget term
-    # how the adversarial saliency forms the mask: "sum" z-scores g_plain + g_adv together (the attack-lit rows must
-    # outweigh the plain ones to be selected); "union" z-scores each on its own and keeps the rows of either, so a
-    # row an attack lights is trained whatever the plain saliency's scale (docs/method.md, "In neurons")
-    adv_mask: str = "sum"
 
     def validate(self) -> "RobustConfig":
         super().validate()
@@ -53,8 +46,6 @@ class RobustConfig(TrustConfig):
             bad.append(f"attack_lr must be positive, not {self.attack_lr}")
         if self.adv_weight < 0:
             bad.append(f"adv_weight must be >= 0, not {self.adv_weight}")
-        if self.adv_mask not in ADV_MASKS:
-            bad.append(f"adv_mask must be one of {', '.join(ADV_MASKS)}, not {self.adv_mask!r}")
         if not (self.in_saliency or self.in_loss):
             bad.append("in_saliency and in_loss are both off, so the attacks would change nothing (use --method trust)")
         if bad:
@@ -81,7 +72,6 @@ class TrustRobust(Trust):
         self.slots = [self._slots(p, room) for p in ctx.spec.targets]  # (ids, mask, positions) per target prompt
         self.bank: list[tuple[torch.Tensor, torch.Tensor]] = []  # (adversarial text states, target_latents rows)
         self.adv_forget: torch.Tensor | None = None
-        self.split_saliency = None  # (plain, adversarial) saliency, kept apart under adv_mask=union
 
     def _slots(self, prompt: str, room: int):
         body = self.text.tokenizer(prompt, add_special_tokens=False).input_ids[:room]
@@ -142,24 +132,12 @@ class TrustRobust(Trust):
 
     # ------------------------------------------------------------------ saliency with adversarial states
     def saliency_gradients(self) -> dict[str, torch.Tensor]:
-        """g = dA/d theta on the target prompts (as TRUST) + the same on banked adversarial states (CIP's g too).
-        Under `adv_mask=union` the adversarial part is also kept apart, for its own mask (concept_neurons)."""
+        """g = dA/d theta on the target prompts (as TRUST) + the same on banked adversarial states."""
         grads = super().saliency_gradients()
-        self.split_saliency = None
         if self.cfg.in_saliency and self.bank:
             adv = self.adversarial_saliency_gradients()
-            if self.cfg.adv_mask == "union":
-                self.split_saliency = (grads, adv)
             grads = {n: g + adv[n] for n, g in grads.items()}
         return grads
-
-    def concept_neurons(self, grads: dict[str, torch.Tensor]) -> Mask:
-        """TRUST's mask of `grads`; under `adv_mask=union` the rows of the plain and the adversarial saliency's
-        masks, each z-scored on its own."""
-        if self.split_saliency is None:
-            return super().concept_neurons(grads)
-        plain, adv = (super(TrustRobust, self).concept_neurons(g) for g in self.split_saliency)
-        return {n: m | adv[n] for n, m in plain.items()}
 
     def adversarial_saliency_gradients(self) -> dict[str, torch.Tensor]:
         """TRUST's trajectory-alignment gradient, conditioned on adversarial states and scored against the plain
