@@ -424,6 +424,14 @@ def test_an_original_cell_goes_stale_with_the_evaluation_not_the_training_engine
     assert cells_mod.source_hash("original") != original
 
 
+def test_new_scorer_weights_make_only_the_scorer_steered_methods_stale(monkeypatch):
+    """TRUST's masks and stopping probes follow the alignment scorer: its weights are part of what a TRUST cell ran."""
+    before = {m: cells_mod.source_hash(m) for m in ("trust", "trust-robust", "esd-x", "original")}
+    monkeypatch.setattr(cells_mod, "SCORER_WEIGHTS", "testbed/weights/judge.safetensors")  # "retrain" the scorer
+    after = {m: cells_mod.source_hash(m) for m in before}
+    assert [m for m in before if before[m] != after[m]] == ["trust", "trust-robust"]
+
+
 def test_a_probe_interval_that_decides_nothing_does_not_make_a_cell_stale():
     job = {"method": "trust-robust", "settings": {"common": {"steps": 200, "stop": False, "probe_every": 0}, "method_args": {}}}
     cell = {"source_hash": cells_mod.source_hash("trust-robust"),

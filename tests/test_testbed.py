@@ -37,6 +37,15 @@ def test_judge_is_accurate_on_fresh_samples():
         assert acc >= 0.99, (attr, acc)
 
 
+def test_scorer_reads_every_size_a_generator_draws():
+    """TRUST reads its own generations with the scorer; shapes shrink while a concept is unlearned."""
+    from trust_unlearn.evaluation.judge_check import check_scorer
+
+    result = check_scorer(per_bucket=64, seed=1)
+    assert not result["missed"], result["buckets"]
+    assert result["buckets"]["6-8 px"]["shape"] >= 0.98
+
+
 def test_export_roundtrip_with_plain_diffusers(testbed, tmp_path):
     out = export_pipeline(testbed, tmp_path / "exported")
     ours = generate(testbed, ["a red circle on a striped background"] * 2, [7, 8], num_inference_steps=8)

@@ -126,8 +126,10 @@ def _testbed_args(p):
     c.add_argument("--images", type=int, default=32, help="images per in-vocabulary prompt")
     c.add_argument("--record", action="store_true", help="store what held-out phrases evoke beside the weights")
     c.add_argument("--json", default=None)
-    j = sub.add_parser("judges", help="each judge's accuracy on fresh renders per size, and its abstentions")
-    j.add_argument("--judges", nargs="+", default=["shapes", "geometric"])
+    j = sub.add_parser("judges", help="each judge's (and the alignment scorer's) accuracy on fresh renders per size, "
+                                      "and its abstentions")
+    j.add_argument("--judges", nargs="+", default=["shapes", "geometric", "scorer"],
+                   help="judges to check; `scorer` is TRUST's alignment scorer read zero-shot (it never grades)")
     j.add_argument("--per-bucket", type=int, default=256, help="renders per size bucket")
     j.add_argument("--seed", type=int, default=0)
     j.add_argument("--json", default=None)
@@ -155,10 +157,11 @@ def _testbed_judges(args):
         rows = [(f"{bucket} (shape / colour / background / abstained)",
                  " / ".join(f"{v[k]:.1%}" for k in ("shape", "colour", "background", "abstained")))
                 for bucket, v in r["buckets"].items()]
-        rows += [("abstained on clean renders (bar <= 1 %)", f"{r['abstain_clean']:.2%}"),
-                 ("abstained on empty backgrounds", f"{r['abstain_empty']:.1%}"),
-                 ("abstained on amorphous blobs", f"{r['abstain_blob']:.1%}"),
-                 ("bar (>= 98 % shape per bucket from 6 px)", "ok" if not r["missed"] else "MISSED: " + ", ".join(r["missed"]))]
+        if "abstain_clean" in r:  # the scorer cannot abstain
+            rows += [("abstained on clean renders (bar <= 1 %)", f"{r['abstain_clean']:.2%}"),
+                     ("abstained on empty backgrounds", f"{r['abstain_empty']:.1%}"),
+                     ("abstained on amorphous blobs", f"{r['abstain_blob']:.1%}")]
+        rows += [("bar (>= 98 % shape per bucket from 6 px)", "ok" if not r["missed"] else "MISSED: " + ", ".join(r["missed"]))]
         print_table(f"judge {r['judge']}: {r['per_bucket']} fresh renders per bucket", rows)
     write_json_arg(args.json, {"judges": results})
     if any(r["missed"] for r in results):

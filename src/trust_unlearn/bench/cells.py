@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 
 from trust_unlearn.errors import UserError
+from trust_unlearn.methods import get_method
 from trust_unlearn.utils import write_json
 
 PACKAGE = Path(__file__).resolve().parent.parent
@@ -37,6 +38,7 @@ ORIGINAL = "original"
 EVALUATION_FILES = ("concept_spec.py", "evaluation/evaluate.py", "evaluation/protocol.py", "evaluation/judges.py",
                     "evaluation/geometric.py")
 ENGINE_FILES = ("unlearn.py", "stopping.py", "neurons.py", "methods/base.py")
+SCORER_WEIGHTS = "testbed/weights/scorer.safetensors"  # the shipped scorer; the judges' weights are not digested
 
 
 # ------------------------------------------------------------------ identity of a cell
@@ -107,8 +109,6 @@ def _digest(paths) -> str:
 
 def method_files(name: str) -> list[Path]:
     """The source files of a method: its class and every base class defined in this package."""
-    from trust_unlearn.methods import get_method
-
     files = []
     for cls in inspect.getmro(get_method(name)):
         try:
@@ -122,10 +122,12 @@ def method_files(name: str) -> list[Path]:
 
 def source_hash(name: str) -> str:
     """Digest of the code a cell of method `name` ran: the evaluation, plus for a trained method the engine
-    and the method's files."""
+    and the method's files, and for a method steered by the alignment scorer (TRUST) the scorer's weights."""
     files = [PACKAGE / f for f in EVALUATION_FILES]
     if name != ORIGINAL:
         files += [PACKAGE / f for f in ENGINE_FILES] + method_files(name)
+        if getattr(get_method(name), "needs_scorer", False):
+            files.append(PACKAGE / SCORER_WEIGHTS)
     return _digest(files)
 
 

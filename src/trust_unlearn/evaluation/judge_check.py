@@ -5,6 +5,10 @@ generator may produce, fully inside the frame and up to 30 % outside it; accurac
 (diameter in pixels). Bars: >= 98 % shape accuracy on clean renders in every bucket from 6 px up, and
 <= 1 % of clean renders abstained on. Abstention is also measured on what should be abstained on:
 empty backgrounds (shape and colour "none") and amorphous blobs (shape "none").
+
+The alignment scorer (TRUST's signal, never a judge) is held to the same shape bar, read zero-shot as CLIP
+would be: the full caption it aligns best with, among every scene of the world. TRUST reads its own
+generations with it (saliency, stopping probes), and those shrink while a concept is unlearned.
 """
 from __future__ import annotations
 
@@ -12,7 +16,10 @@ import torch
 
 from trust_unlearn.evaluation.judges import abstained, get_judge
 from trust_unlearn.testbed.networks import NONE
+from trust_unlearn.world.captions import train_caption
 from trust_unlearn.world.shapes import IMAGE_SIZE, JUDGE_RADIUS, all_scenes, render
+
+SCORER_TEMPLATE = "a {c} {s} on a {b} background"  # one caption per scene of the world
 
 BUCKETS_PX = ((4, 6), (6, 8), (8, 11), (11, 14), (14, 18), (18, 22), (22, 27.2))
 SHAPE_BAR, ABSTAIN_BAR, BAR_FROM_PX = 0.98, 0.01, 6
@@ -40,7 +47,41 @@ def _rates(readings, scenes) -> dict:
     }
 
 
+class ScorerReader:
+    """The alignment scorer read as a zero-shot classifier: each image gets the scene of its best-aligned caption."""
+
+    def __init__(self, scorer=None):
+        from trust_unlearn.evaluation.scorers import TestbedScorer
+
+        self.scorer = scorer or TestbedScorer()
+        self.scenes = all_scenes()
+        self.captions = [train_caption(s, SCORER_TEMPLATE) for s in self.scenes]
+        self.scorer.prepare_texts(self.captions)
+
+    @torch.no_grad()
+    def read(self, images: torch.Tensor) -> list[dict[str, str]]:
+        scores = torch.stack([self.scorer.score(images, [c] * len(images)) for c in self.captions], dim=1)
+        best = [self.scenes[i] for i in scores.argmax(1).tolist()]
+        return [{"shape": s.shape, "colour": s.colour, "background": s.background} for s in best]
+
+
+def check_scorer(per_bucket: int = 256, seed: int = 0) -> dict:
+    """The scorer's readings per size bucket, under the judges' shape bar (it cannot abstain: no abstention bars)."""
+    reader = ScorerReader()
+    rng = torch.Generator().manual_seed(CHECK_SEED + seed)
+    out = {"judge": "scorer", "per_bucket": per_bucket, "buckets": {}}
+    for lo, hi in BUCKETS_PX:
+        scenes, images = _bucket_renders(lo, hi, per_bucket, 0.0, rng)
+        out["buckets"][f"{lo}-{hi:g} px"] = _rates(reader.read(images), scenes)
+    out["bars"] = {"shape_per_bucket": SHAPE_BAR, "from_px": BAR_FROM_PX}
+    out["missed"] = [k for (lo, _), k in zip(BUCKETS_PX, out["buckets"]) if lo >= BAR_FROM_PX
+                     and out["buckets"][k]["shape"] < SHAPE_BAR]
+    return out
+
+
 def check_judge(name: str, per_bucket: int = 256, seed: int = 0) -> dict:
+    if name == "scorer":
+        return check_scorer(per_bucket, seed)
     judge = get_judge(name)
     rng = torch.Generator().manual_seed(CHECK_SEED + seed)
     out = {"judge": name, "per_bucket": per_bucket, "buckets": {}}
