@@ -48,35 +48,44 @@ def _rates(readings, scenes) -> dict:
 
 
 class ScorerReader:
-    """The alignment scorer read as a zero-shot classifier: each image gets the scene of its best-aligned caption."""
+    """The testbed's alignment scorer read as a zero-shot classifier: each image gets the scene of its best-aligned
+    caption."""
 
-    def __init__(self, scorer=None):
+    def __init__(self):
         from trust_unlearn.evaluation.scorers import TestbedScorer
 
-        self.scorer = scorer or TestbedScorer()
+        self.scorer = TestbedScorer()
         self.scenes = all_scenes()
         self.captions = [train_caption(s, SCORER_TEMPLATE) for s in self.scenes]
         self.scorer.prepare_texts(self.captions)
 
     @torch.no_grad()
     def read(self, images: torch.Tensor) -> list[dict[str, str]]:
-        scores = torch.stack([self.scorer.score(images, [c] * len(images)) for c in self.captions], dim=1)
+        scores = self.scorer.image_features(images) @ self.scorer.text_features(self.captions).T  # every image once
         best = [self.scenes[i] for i in scores.argmax(1).tolist()]
         return [{"shape": s.shape, "colour": s.colour, "background": s.background} for s in best]
 
 
+def _read_buckets(reader, per_bucket: int, overhang: float, rng: torch.Generator) -> dict:
+    """The reader's rates per size bucket, keyed "lo-hi px" (with the overhang named when there is one)."""
+    out = {}
+    for lo, hi in BUCKETS_PX:
+        scenes, images = _bucket_renders(lo, hi, per_bucket, overhang, rng)
+        out[f"{lo}-{hi:g} px{' overhang 0.3' if overhang else ''}"] = _rates(reader.read(images), scenes)
+    return out
+
+
+def _missed_shape_bar(clean: dict) -> list[str]:
+    """The clean buckets from BAR_FROM_PX up whose shape accuracy is under the bar."""
+    return [k for (lo, _), k in zip(BUCKETS_PX, clean) if lo >= BAR_FROM_PX and clean[k]["shape"] < SHAPE_BAR]
+
+
 def check_scorer(per_bucket: int = 256, seed: int = 0) -> dict:
     """The scorer's readings per size bucket, under the judges' shape bar (it cannot abstain: no abstention bars)."""
-    reader = ScorerReader()
     rng = torch.Generator().manual_seed(CHECK_SEED + seed)
-    out = {"judge": "scorer", "per_bucket": per_bucket, "buckets": {}}
-    for lo, hi in BUCKETS_PX:
-        scenes, images = _bucket_renders(lo, hi, per_bucket, 0.0, rng)
-        out["buckets"][f"{lo}-{hi:g} px"] = _rates(reader.read(images), scenes)
-    out["bars"] = {"shape_per_bucket": SHAPE_BAR, "from_px": BAR_FROM_PX}
-    out["missed"] = [k for (lo, _), k in zip(BUCKETS_PX, out["buckets"]) if lo >= BAR_FROM_PX
-                     and out["buckets"][k]["shape"] < SHAPE_BAR]
-    return out
+    clean = _read_buckets(ScorerReader(), per_bucket, 0.0, rng)
+    return {"judge": "scorer", "per_bucket": per_bucket, "buckets": clean,
+            "bars": {"shape_per_bucket": SHAPE_BAR, "from_px": BAR_FROM_PX}, "missed": _missed_shape_bar(clean)}
 
 
 def check_judge(name: str, per_bucket: int = 256, seed: int = 0) -> dict:
@@ -84,24 +93,15 @@ def check_judge(name: str, per_bucket: int = 256, seed: int = 0) -> dict:
         return check_scorer(per_bucket, seed)
     judge = get_judge(name)
     rng = torch.Generator().manual_seed(CHECK_SEED + seed)
-    out = {"judge": name, "per_bucket": per_bucket, "buckets": {}}
-    clean, graded = [], []  # clean renders' buckets, and those the shape bar applies to
-    for overhang in (0.0, 0.3):
-        for lo, hi in BUCKETS_PX:
-            scenes, images = _bucket_renders(lo, hi, per_bucket, overhang, rng)
-            key = f"{lo}-{hi:g} px{' overhang 0.3' if overhang else ''}"
-            out["buckets"][key] = _rates(judge.read(images), scenes)
-            if not overhang:
-                clean.append(out["buckets"][key])
-                if lo >= BAR_FROM_PX:
-                    graded.append(key)
+    clean = _read_buckets(judge, per_bucket, 0.0, rng)
+    out = {"judge": name, "per_bucket": per_bucket, "buckets": {**clean, **_read_buckets(judge, per_bucket, 0.3, rng)}}
     n = per_bucket * 2
     scenes = _cycled_scenes(n)
     empty = judge.read(render(scenes, rng, foreground="none"))
     blobs = judge.read(render(scenes, rng, radius=(0.3, JUDGE_RADIUS[1]), foreground="blob"))
     out["abstain_empty"] = sum(r["colour"] == NONE for r in empty) / n
     out["abstain_blob"] = sum(r["shape"] == NONE for r in blobs) / n
-    out["abstain_clean"] = sum(v["abstained"] for v in clean) / len(clean)
+    out["abstain_clean"] = sum(v["abstained"] for v in clean.values()) / len(clean)
     out["bars"] = {"shape_per_bucket": SHAPE_BAR, "abstain_clean": ABSTAIN_BAR, "from_px": BAR_FROM_PX}
-    out["missed"] = [k for k in graded if out["buckets"][k]["shape"] < SHAPE_BAR] + (["abstain_clean"] if out["abstain_clean"] > ABSTAIN_BAR else [])
+    out["missed"] = _missed_shape_bar(clean) + (["abstain_clean"] if out["abstain_clean"] > ABSTAIN_BAR else [])
     return out

@@ -41,7 +41,8 @@ class TestbedScorer(AlignmentScorer):
         self.tokenizer, self.encoder = load_text_components(64)
         self._text_cache: dict[str, torch.Tensor] = {}
 
-    def _text(self, texts: list[str]) -> torch.Tensor:
+    def text_features(self, texts: list[str]) -> torch.Tensor:
+        """(T, D) unit text features, cached per text."""
         from trust_unlearn.testbed.train import sentence_embeddings
 
         missing = [t for t in dict.fromkeys(texts) if t not in self._text_cache]
@@ -49,14 +50,18 @@ class TestbedScorer(AlignmentScorer):
             self._text_cache.update(zip(missing, self.net.embed_texts(sentence_embeddings(self.tokenizer, self.encoder, missing))))
         return torch.stack([self._text_cache[t] for t in texts])
 
-    def prepare_texts(self, texts):
-        # a text's cached features depend on the batch it was first embedded in (padding to the longest)
-        self._text(texts)
-
-    def score(self, images, texts):
+    def image_features(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, D) unit image features of images in [0, 1], resized to the scorer's 32 x 32 first."""
         if images.shape[-1] != 32:
             images = F.interpolate(images, size=(32, 32), mode="bilinear", antialias=True, align_corners=False)
-        return (self.net.embed_images(images.float()) * self._text(texts).to(images.device)).sum(-1)
+        return self.net.embed_images(images.float())
+
+    def prepare_texts(self, texts):
+        # a text's cached features depend on the batch it was first embedded in (padding to the longest)
+        self.text_features(texts)
+
+    def score(self, images, texts):
+        return (self.image_features(images) * self.text_features(texts).to(images.device)).sum(-1)
 
     def to(self, device):
         self.net.to(device)
