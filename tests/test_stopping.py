@@ -84,14 +84,30 @@ def test_probe_reads_real_images_deterministically_with_training_seeds(tiny_run_
     rule = StoppingRule(ctx)
     assert all(TRAIN_SEEDS[0] <= s < TRAIN_SEEDS[1] for s in rule.seeds) and len(rule.seeds) == 6
     first = rule.calibrate()
-    assert 0.0 <= first["present"] <= 1.0 and set(first) == {"present", "margins", "retain_alignment"}
+    assert 0.0 <= first["present"] <= 1.0 and set(first) == {"present", "margins", "contrast_margins", "retain_alignment"}
     assert first["present"] == sum(m > 0 for m in first["margins"]) / 3
+    assert first["contrast_margins"] == first["margins"]  # no world concept: the anchor is the only contrast
     # a margin above every probe's anchor preference reads each of them present
     ctx.common.stop_margin = 1 + max(-m for m in first["margins"])
     assert rule.read()["present"] == 1.0
     ctx.common.stop_margin = 0.0
     again = rule.probe()
     assert again["present"] == first["present"] and again["retain_drift"] == pytest.approx(0.0, abs=1e-6)
+
+
+def test_contrasts_swap_the_concepts_attribute_words_for_every_other_value():
+    """A forgotten concept need not become its anchor (an unlearned circle is often drawn as a square): it reads gone
+    only when the scorer prefers some other value of its attributes."""
+    from trust_unlearn.stopping import contrasts
+
+    assert contrasts("a red circle", "a red triangle", "circle") == ["a red square", "a red triangle", "a red cross"]
+    both = contrasts("a photo of a red circle on a plain background", "a photo of a blue circle on a plain background",
+                     "red circle")
+    assert len(both) == 15 and "a photo of a blue square on a plain background" in both
+    assert "a photo of a red circle on a plain background" not in both
+    assert contrasts("a red circle on a striped background", "a red triangle on a striped background",
+                     "circle on striped background")[0] == "a red circle on a plain background"
+    assert contrasts("nudity", "a person wearing clothes", None) == ["a person wearing clothes"]
 
 
 def test_log_profiles_every_step_and_the_noise_floor_leaves_the_run_unchanged(tiny_run_config):

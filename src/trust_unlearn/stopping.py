@@ -5,23 +5,53 @@ model's own sampler) for target prompts and for retain prompts, and the run's al
 them -- the signal TRUST already follows (for a real SD model, CLIP). Never the evaluation judge: the
 judge grades the result and must not steer it.
 
-  concept present in a target probe x of prompt c, anchor a:  A(x, c) - A(x, a) > -stop_margin
+A target probe x of prompt c shows the concept when the scorer prefers c over every *contrast* of c: the
+same prompt with the concept's attribute words swapped for every other value of those attributes (for
+"red circle" in "a red circle on a plain background": the 15 other colour x shape captions). A forgotten
+concept need not turn into its anchor -- an unlearned circle is often drawn as a square, which is neither
+circle nor triangle -- so asking "concept or anchor?" reads it present forever. Contrasts need the
+concept's vocabulary: on the testbed the world's; for a spec without a world concept (real SD) the anchor
+is the only contrast.
+
+  concept present in x:  A(x, c) - max_k A(x, c_k) > -stop_margin   (c_k: the contrasts, the anchor among them)
   retain drift:  1 - mean_r A(x_r, c_r) / mean_r A0(x_r, c_r)   (A0: the original model, same seeds)
 
 A probe reads *forgotten* when its present share <= stop_forget and retain drift <= stop_retain_drift; the
 run stops once `stop_patience` probes in a row read forgotten, so `--steps` is a maximum. The margin and the
 patience guard against a scorer that reads the concept gone before the judge does (one probe of 16 images
-that happens to read 0 % is not enough). If the scorer cannot tell the concept from its anchor on the
+that happens to read 0 % is not enough). If the scorer cannot tell the concept from its contrasts on the
 original model (present share < 1/2 before training) the rule says so and never stops the run.
 """
 from __future__ import annotations
+
+import itertools
+import re
 
 import torch
 
 from trust_unlearn.evaluation.protocol import probe_seeds
 from trust_unlearn.pipeline import generate
+from trust_unlearn.world.concepts import parse_concept
+from trust_unlearn.world.shapes import ATTRIBUTES
 
 MIN_PRESENT_BEFORE = 0.5  # below this the scorer cannot read the concept: the rule would stop on noise
+
+
+def contrasts(prompt: str, anchor: str, world_concept: str | None) -> list[str]:
+    """The captions a probe of `prompt` must lose to for the concept to read gone: `prompt` with the concept's
+    attribute words swapped for every other combination of their values (the anchor is one of them), or the
+    anchor alone without a world concept."""
+    if not world_concept:
+        return [anchor]
+    constraints = parse_concept(world_concept).constraints
+    out = []
+    for values in itertools.product(*(ATTRIBUTES[attr] for attr, _ in constraints)):
+        text = prompt
+        for (_, old), new in zip(constraints, values):
+            text = re.sub(rf"\b{old}\b", new, text)
+        if text != prompt and text not in out:
+            out.append(text)
+    return out if anchor in out else [anchor] + out
 
 
 class StoppingRule:
@@ -31,29 +61,37 @@ class StoppingRule:
         self.ctx, common = ctx, ctx.common
         spec = ctx.spec
         self.targets = [k % len(spec.targets) for k in range(common.probes)]
+        self.contrasts = [contrasts(spec.targets[i], spec.anchors[i], spec.world_concept) for i in self.targets]
         self.retains = [spec.retains[k % len(spec.retains)] for k in range(common.probes)] if spec.retains else []
         self.seeds = probe_seeds(common.seed, common.probes + len(self.retains))
         self.reference: dict | None = None  # the original model's reading (set by `calibrate`)
         self.streak = 0  # consecutive probes that read forgotten
 
     def texts(self) -> list[list[str]]:
-        """The probes' prompts, in the batches and the order a reading scores them: target, anchor, retain."""
+        """The probes' prompts, in the batches and the order a reading scores them: target, anchor, retain,
+        then every target probe's contrasts (probe by probe)."""
         spec = self.ctx.spec
         return [[spec.targets[i] for i in self.targets], [spec.anchors[i] for i in self.targets]] + (
-            [self.retains] if self.retains else [])
+            [self.retains] if self.retains else []) + [[c for cs in self.contrasts for c in cs]]
 
     @torch.no_grad()
     def read(self) -> dict:
-        """present: share of target probes read as the concept (margins: A(x, c) - A(x, a) per probe);
-        retain_alignment: mean A over retain probes."""
+        """present: share of target probes read as the concept (contrast_margins: A(x, c) - max_k A(x, c_k) per
+        probe; margins: A(x, c) - A(x, anchor), logged beside them); retain_alignment: mean A over retain probes."""
         ctx = self.ctx
         targets, anchors = self.texts()[:2]
         images = generate(ctx.model, targets + self.retains, self.seeds, num_inference_steps=ctx.common.probe_steps,
                           show_progress=False).to(ctx.device)
         n = len(targets)
-        margin = ctx.scorer.score(images[:n], targets) - ctx.scorer.score(images[:n], anchors)
-        reading = {"present": float((margin > -ctx.common.stop_margin).float().mean()),
-                   "margins": [round(float(m), 5) for m in margin]}
+        concept = ctx.scorer.score(images[:n], targets)
+        sizes = [len(cs) for cs in self.contrasts]
+        rivals = ctx.scorer.score(images[:n].repeat_interleave(torch.tensor(sizes, device=images.device), dim=0),
+                                  self.texts()[-1])
+        best_rival = torch.stack([r.max() for r in rivals.split(sizes)])
+        contrast_margin = concept - best_rival
+        reading = {"present": float((contrast_margin > -ctx.common.stop_margin).float().mean()),
+                   "contrast_margins": [round(float(m), 5) for m in contrast_margin],
+                   "margins": [round(float(m), 5) for m in concept - ctx.scorer.score(images[:n], anchors)]}
         if self.retains:
             reading["retain_alignment"] = float(ctx.scorer.score(images[n:], self.retains).mean())
         return reading
