@@ -432,6 +432,15 @@ def test_new_scorer_weights_make_only_the_scorer_steered_methods_stale(monkeypat
     assert [m for m in before if before[m] != after[m]] == ["trust", "trust-robust"]
 
 
+def test_a_stopping_rule_edit_makes_only_the_scorer_steered_methods_stale(monkeypatch):
+    """Without an alignment scorer no run builds a StoppingRule: editing the rule leaves the baselines' cells current."""
+    before = {m: cells_mod.source_hash(m) for m in ("trust", "trust-robust", "esd-x", "uce", "original")}
+    monkeypatch.setattr(cells_mod, "_read_as_declared", lambda path, pins, real=cells_mod._read_as_declared: (
+        real(path, pins) + (b"# edited" if path.name == "stopping.py" and not pins else b"")))
+    after = {m: cells_mod.source_hash(m) for m in before}
+    assert [m for m in before if before[m] != after[m]] == ["trust", "trust-robust"]
+
+
 def test_a_probe_interval_that_decides_nothing_does_not_make_a_cell_stale():
     job = {"method": "trust-robust", "settings": {"common": {"steps": 200, "stop": False, "probe_every": 0}, "method_args": {}}}
     cell = {"source_hash": cells_mod.source_hash("trust-robust"),

@@ -39,6 +39,10 @@ EVALUATION_FILES = ("concept_spec.py", "evaluation/evaluate.py", "evaluation/pro
                     "evaluation/geometric.py")
 ENGINE_FILES = ("unlearn.py", "stopping.py", "neurons.py", "methods/base.py")
 SCORER_WEIGHTS = "testbed/weights/scorer.safetensors"  # the shipped scorer; the judges' weights are not digested
+# The stopping rule runs only beside an alignment scorer (unlearn.py builds a StoppingRule only then): a method
+# without one digests stopping.py as it was at this commit, the version its cells' digests read, so that the rule's
+# edits leave those cells current (tests/test_bench.py)
+UNSTEERED_STOPPING = ("stopping.py", "5bc5ef9546094b20e90ad315018bcba3dc2176a2")
 
 
 # ------------------------------------------------------------------ identity of a cell
@@ -92,18 +96,23 @@ def _version_at(commit: str, path: str) -> bytes | None:
     return old.stdout if old.returncode == 0 else None
 
 
-def _read_as_declared(path: Path) -> bytes:
+def _read_as_declared(path: Path, pins: dict) -> bytes:
+    pinned = pins.get(path.relative_to(PACKAGE).as_posix())
+    old = _version_at(pinned, path.relative_to(ROOT).as_posix()) if pinned else None
+    if old is not None:
+        return old
     data = path.read_bytes()
     commit = FIGURE_NEUTRAL_EDITS.get((path.relative_to(PACKAGE).as_posix(), hashlib.sha256(data).hexdigest()[:12]))
     old = _version_at(commit, path.relative_to(ROOT).as_posix()) if commit else None
     return data if old is None else old
 
 
-def _digest(paths) -> str:
+def _digest(paths, pins: dict | None = None) -> str:
+    """sha256[:12] over the files' names and contents; `pins` (file -> commit) reads a file as it was at a commit."""
     h = hashlib.sha256()
     for path in sorted(set(paths)):
         h.update(Path(path).relative_to(PACKAGE).as_posix().encode())
-        h.update(_read_as_declared(Path(path)))
+        h.update(_read_as_declared(Path(path), pins or {}))
     return h.hexdigest()[:12]
 
 
@@ -123,12 +132,14 @@ def method_files(name: str) -> list[Path]:
 def source_hash(name: str) -> str:
     """Digest of the code a cell of method `name` ran: the evaluation, plus for a trained method the engine
     and the method's files, and for a method steered by the alignment scorer (TRUST) the scorer's weights."""
-    files = [PACKAGE / f for f in EVALUATION_FILES]
+    files, pins = [PACKAGE / f for f in EVALUATION_FILES], {}
     if name != ORIGINAL:
         files += [PACKAGE / f for f in ENGINE_FILES] + method_files(name)
         if getattr(get_method(name), "needs_scorer", False):
             files.append(PACKAGE / SCORER_WEIGHTS)
-    return _digest(files)
+        else:
+            pins = dict([UNSTEERED_STOPPING])
+    return _digest(files, pins)
 
 
 def attack_hash() -> str:
