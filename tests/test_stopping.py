@@ -98,7 +98,8 @@ def test_probe_reads_real_images_deterministically_with_training_seeds(tiny_run_
 def test_contrasts_swap_the_concepts_attribute_words_for_every_other_value():
     """A forgotten concept need not become its anchor (an unlearned circle is often drawn as a square): it reads gone
     only when the scorer prefers some other value of its attributes."""
-    from trust_unlearn.stopping import contrasts
+    from trust_unlearn.stopping import contrasts, retain_contrasts
+    from trust_unlearn.world.shapes import COLOURS, SHAPES
 
     assert contrasts("a red circle", "a red triangle", "circle") == ["a red square", "a red triangle", "a red cross"]
     both = contrasts("a photo of a red circle on a plain background", "a photo of a blue circle on a plain background",
@@ -108,6 +109,12 @@ def test_contrasts_swap_the_concepts_attribute_words_for_every_other_value():
     assert contrasts("a red circle on a striped background", "a red triangle on a striped background",
                      "circle on striped background")[0] == "a red circle on a plain background"
     assert contrasts("nudity", "a person wearing clothes", None) == ["a person wearing clothes"]
+    # a retain probe reads intact when the scorer prefers its own caption to every other scene's
+    rivals = retain_contrasts("a green square on a plain background", "circle")
+    assert len(rivals) == 4 * 4 * 2 - 1 and "a red circle on a striped background" in rivals
+    short = retain_contrasts("a green square", "circle")  # only the attributes a caption names are swapped
+    assert sorted(short) == sorted(f"a {c} {s}" for c in COLOURS for s in SHAPES if (c, s) != ("green", "square"))
+    assert retain_contrasts("a green square on a plain background", None) == []
 
 
 def test_log_profiles_every_step_and_the_noise_floor_leaves_the_run_unchanged(tiny_run_config):

@@ -37,21 +37,36 @@ from trust_unlearn.world.shapes import ATTRIBUTES
 MIN_PRESENT_BEFORE = 0.5  # below this the scorer cannot read the concept: the rule would stop on noise
 
 
+def _swapped(prompt: str, values: dict[str, str]) -> list[str]:
+    """`prompt` with the words `values` (attribute -> the value the prompt names) swapped for every other
+    combination of those attributes' values."""
+    out = []
+    for combination in itertools.product(*(ATTRIBUTES[attr] for attr in values)):
+        text = prompt
+        for old, new in zip(values.values(), combination):
+            text = re.sub(rf"\b{old}\b", new, text)
+        if text != prompt and text not in out:
+            out.append(text)
+    return out
+
+
 def contrasts(prompt: str, anchor: str, world_concept: str | None) -> list[str]:
     """The captions a probe of `prompt` must lose to for the concept to read gone: `prompt` with the concept's
     attribute words swapped for every other combination of their values (the anchor is one of them), or the
     anchor alone without a world concept."""
     if not world_concept:
         return [anchor]
-    constraints = parse_concept(world_concept).constraints
-    out = []
-    for values in itertools.product(*(ATTRIBUTES[attr] for attr, _ in constraints)):
-        text = prompt
-        for (_, old), new in zip(constraints, values):
-            text = re.sub(rf"\b{old}\b", new, text)
-        if text != prompt and text not in out:
-            out.append(text)
+    out = _swapped(prompt, dict(parse_concept(world_concept).constraints))
     return out if anchor in out else [anchor] + out
+
+
+def retain_contrasts(prompt: str, world_concept: str | None) -> list[str]:
+    """The captions a retain probe of `prompt` must beat to read as itself: every attribute word it names swapped
+    for every other combination of values (none without a world concept: real SD has no vocabulary to swap)."""
+    if not world_concept:
+        return []
+    named = {attr: [v for v in vs if re.search(rf"\b{v}\b", prompt)] for attr, vs in ATTRIBUTES.items()}
+    return _swapped(prompt, {attr: found[0] for attr, found in named.items() if len(found) == 1})
 
 
 class StoppingRule:
@@ -63,13 +78,15 @@ class StoppingRule:
         self.targets = [k % len(spec.targets) for k in range(common.probes)]
         self.contrasts = [contrasts(spec.targets[i], spec.anchors[i], spec.world_concept) for i in self.targets]
         self.retains = [spec.retains[k % len(spec.retains)] for k in range(common.probes)] if spec.retains else []
+        self.retain_contrasts = [retain_contrasts(r, spec.world_concept) for r in self.retains]
         self.seeds = probe_seeds(common.seed, common.probes + len(self.retains))
         self.reference: dict | None = None  # the original model's reading (set by `calibrate`)
         self.streak = 0  # consecutive probes that read forgotten
 
     def texts(self) -> list[list[str]]:
         """The probes' prompts, in the batches and the order a reading scores them: target, anchor, retain,
-        then every target probe's contrasts (probe by probe)."""
+        then every target probe's contrasts (probe by probe). The retain probes' rivals are embedded fresh at each
+        reading, never kept (`_best_rival`): some are prompts training reads."""
         spec = self.ctx.spec
         return [[spec.targets[i] for i in self.targets], [spec.anchors[i] for i in self.targets]] + (
             [self.retains] if self.retains else []) + [[c for cs in self.contrasts for c in cs]]
@@ -77,24 +94,33 @@ class StoppingRule:
     @torch.no_grad()
     def read(self) -> dict:
         """present: share of target probes read as the concept (contrast_margins: A(x, c) - max_k A(x, c_k) per
-        probe; margins: A(x, c) - A(x, anchor), logged beside them); retain_alignment: mean A over retain probes."""
+        probe; margins: A(x, c) - A(x, anchor), logged beside them); retain_alignment: mean A over retain probes
+        (and, with a world vocabulary, retain_margins: each retain probe's own caption against its contrasts,
+        logged for scripts/stopping_check.py)."""
         ctx = self.ctx
         targets, anchors = self.texts()[:2]
         images = generate(ctx.model, targets + self.retains, self.seeds, num_inference_steps=ctx.common.probe_steps,
                           show_progress=False).to(ctx.device)
         n = len(targets)
         concept = ctx.scorer.score(images[:n], targets)
-        sizes = [len(cs) for cs in self.contrasts]
-        rivals = ctx.scorer.score(images[:n].repeat_interleave(torch.tensor(sizes, device=images.device), dim=0),
-                                  self.texts()[-1])
-        best_rival = torch.stack([r.max() for r in rivals.split(sizes)])
-        contrast_margin = concept - best_rival
+        contrast_margin = concept - self._best_rival(images[:n], self.contrasts)
         reading = {"present": float((contrast_margin > -ctx.common.stop_margin).float().mean()),
                    "contrast_margins": [round(float(m), 5) for m in contrast_margin],
                    "margins": [round(float(m), 5) for m in concept - ctx.scorer.score(images[:n], anchors)]}
         if self.retains:
-            reading["retain_alignment"] = float(ctx.scorer.score(images[n:], self.retains).mean())
+            own = ctx.scorer.score(images[n:], self.retains)
+            reading["retain_alignment"] = float(own.mean())
+            if self.retain_contrasts and all(self.retain_contrasts):
+                margin = own - self._best_rival(images[n:], self.retain_contrasts, keep=False)
+                reading["retain_margins"] = [round(float(m), 5) for m in margin]
         return reading
+
+    def _best_rival(self, images: torch.Tensor, rivals: list[list[str]], keep: bool = True) -> torch.Tensor:
+        """max_k A(x_i, rival_ik) per image (the rivals' captions scored image by image, in one batch)."""
+        sizes = [len(r) for r in rivals]
+        flat = [c for r in rivals for c in r]
+        scores = self.ctx.scorer.score(images.repeat_interleave(torch.tensor(sizes, device=images.device), dim=0), flat, keep)
+        return torch.stack([s.max() for s in scores.split(sizes)])
 
     def calibrate(self) -> dict:
         """Read the original model (call before the first update); returns its reading."""

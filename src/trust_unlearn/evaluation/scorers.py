@@ -14,9 +14,11 @@ from trust_unlearn.errors import UserError
 
 
 class AlignmentScorer:
-    """Interface: `score(images in [0, 1] (B,3,H,W), texts) -> (B,)` cosine alignment."""
+    """Interface: `score(images in [0, 1] (B,3,H,W), texts, keep=True) -> (B,)` cosine alignment. keep=False: a
+    scorer with a text cache embeds these texts as one fresh batch and keeps none of them (what a probe merely
+    compares against must not change the features training reads)."""
 
-    def score(self, images: torch.Tensor, texts: list[str]) -> torch.Tensor:  # pragma: no cover - interface
+    def score(self, images: torch.Tensor, texts: list[str], keep: bool = True) -> torch.Tensor:  # pragma: no cover
         raise NotImplementedError
 
     def prepare_texts(self, texts: list[str]) -> None:
@@ -41,10 +43,14 @@ class TestbedScorer(AlignmentScorer):
         self.tokenizer, self.encoder = load_text_components(64)
         self._text_cache: dict[str, torch.Tensor] = {}
 
-    def text_features(self, texts: list[str]) -> torch.Tensor:
-        """(T, D) unit text features, cached per text."""
+    def text_features(self, texts: list[str], keep: bool = True) -> torch.Tensor:
+        """(T, D) unit text features, cached per text (keep=False: all of them embedded now, none cached)."""
         from trust_unlearn.testbed.train import sentence_embeddings
 
+        if not keep:
+            unique = list(dict.fromkeys(texts))
+            fresh = dict(zip(unique, self.net.embed_texts(sentence_embeddings(self.tokenizer, self.encoder, unique))))
+            return torch.stack([fresh[t] for t in texts])
         missing = [t for t in dict.fromkeys(texts) if t not in self._text_cache]
         if missing:
             self._text_cache.update(zip(missing, self.net.embed_texts(sentence_embeddings(self.tokenizer, self.encoder, missing))))
@@ -60,8 +66,8 @@ class TestbedScorer(AlignmentScorer):
         # a text's cached features depend on the batch it was first embedded in (padding to the longest)
         self.text_features(texts)
 
-    def score(self, images, texts):
-        return (self.image_features(images) * self.text_features(texts).to(images.device)).sum(-1)
+    def score(self, images, texts, keep=True):
+        return (self.image_features(images) * self.text_features(texts, keep).to(images.device)).sum(-1)
 
     def to(self, device):
         self.net.to(device)
@@ -85,7 +91,7 @@ class CLIPScorer(AlignmentScorer):
             raise UserError(f"CLIP scorer {source!r} not found locally: {str(err).splitlines()[0]}") from None
         self.size = self.model.config.vision_config.image_size
 
-    def score(self, images, texts):
+    def score(self, images, texts, keep=True):  # no text cache: every call embeds its texts
         dev = images.device
         x = F.interpolate(images.float(), size=(self.size, self.size), mode="bicubic", align_corners=False)
         x = (x - torch.tensor(self.MEAN, device=dev).view(1, 3, 1, 1)) / torch.tensor(self.STD, device=dev).view(1, 3, 1, 1)
