@@ -46,6 +46,17 @@ def test_scorer_reads_every_size_a_generator_draws():
     assert result["buckets"]["6-8 px"]["shape"] >= 0.98
 
 
+def test_scorer_texts_embedded_without_keeping_leave_the_cache_as_it_was():
+    """The stopping probes compare retain images with captions training may read later: those must not be cached."""
+    from trust_unlearn.evaluation.scorers import TestbedScorer
+
+    scorer, texts = TestbedScorer(), ["a red circle", "a blue square on a striped background"]
+    fresh = scorer.text_features(texts, keep=False)
+    assert scorer._text_cache == {}
+    assert torch.equal(fresh, scorer.text_features(texts))  # the same batch, now kept
+    assert set(scorer._text_cache) == set(texts)
+
+
 def test_export_roundtrip_with_plain_diffusers(testbed, tmp_path):
     out = export_pipeline(testbed, tmp_path / "exported")
     ours = generate(testbed, ["a red circle on a striped background"] * 2, [7, 8], num_inference_steps=8)
