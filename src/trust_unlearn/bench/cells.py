@@ -86,11 +86,6 @@ FIGURE_NEUTRAL_EDITS = {
     # `trust where` counts attack-only neurons against the rows a run trained (and in what share of its steps): an
     # analysis of attack results, which no attack imports (`git diff 3d84e33 -- src/trust_unlearn/attacks/where.py`)
     ("attacks/where.py", "9b59ded51677"): "3d84e33cc6263eae6746f1e6a6f2404ea20d2821",
-    # the stopping probes also log each retain probe's own caption against every other scene's (`retain_margins`,
-    # for scripts/stopping_check.py): the rule's decision is unchanged, and those captions are embedded fresh at each
-    # reading and never kept, so the runs are the same tensors, bit for bit (scripts/figure_neutral_check.py with
-    # its testbed runs, before / after: results/diagnostics/retain_margins/neutral_check.json)
-    ("stopping.py", "0c91350343f5"): "263808aae9ab07cff974bf7cbb8cfb47f65299a5",
 }
 
 
