@@ -47,6 +47,21 @@ def test_run_stops_after_patience_probes_in_a_row_read_forgotten_with_retain_int
     assert run_unlearn(cfg)["stopped_at"] == 2
 
 
+def test_with_a_world_vocabulary_retain_is_read_zero_shot_not_by_alignment(tiny_run_config, monkeypatch):
+    """Retain is intact while at most stop_retain_drop fewer retain probes read as their own caption; the alignment
+    drift, logged beside it, then decides nothing."""
+    own = lambda k: {"retain_margins": [0.1] * k + [-0.1] * (16 - k)}  # noqa: E731  k of 16 read as their caption
+    _scripted_readings(monkeypatch, [
+        {"present": 1.0, "retain_alignment": 0.5, **own(16)},  # the original
+        {"present": 0.0, "retain_alignment": 0.5, **own(14)},  # gone, but two retain probes fewer read right
+        {"present": 0.0, "retain_alignment": 0.4, **own(15)},  # one fewer (the default bound), alignment -20 %: stop
+    ])
+    cfg = tiny_run_config(common=dict(steps=8, probe_every=2, stop_patience=1))
+    summary = run_unlearn(cfg)
+    assert [p["forgotten"] for p in summary["probes"]] == [False, True]
+    assert [p["retain_read"] for p in summary["probes"]] == [14 / 16, 15 / 16] and summary["stopped_at"] == 4
+
+
 def _mask_offsets(out):
     tensors = load_file(Path(out) / "masks.safetensors")
     return [v for k, v in tensors.items() if k.endswith(".offsets")]

@@ -14,9 +14,12 @@ concept's vocabulary: on the testbed the world's; for a spec without a world con
 is the only contrast.
 
   concept present in x:  A(x, c) - max_k A(x, c_k) > -stop_margin   (c_k: the contrasts, the anchor among them)
+  retain read:  share of retain probes x_r with A(x_r, c_r) > max_k A(x_r, c_rk)   (c_rk: every other scene's
+                caption in the same words) -- with a world vocabulary; without one, real SD:
   retain drift:  1 - mean_r A(x_r, c_r) / mean_r A0(x_r, c_r)   (A0: the original model, same seeds)
 
-A probe reads *forgotten* when its present share <= stop_forget and retain drift <= stop_retain_drift; the
+A probe reads *forgotten* when its present share <= stop_forget and retain is intact -- retain read at most
+stop_retain_drop below the original's, or (without a vocabulary) retain drift <= stop_retain_drift; the
 run stops once `stop_patience` probes in a row read forgotten, so `--steps` is a maximum. The margin and the
 patience guard against a scorer that reads the concept gone before the judge does (one probe of 16 images
 that happens to read 0 % is not enough). If the scorer cannot tell the concept from its contrasts on the
@@ -67,6 +70,11 @@ def retain_contrasts(prompt: str, world_concept: str | None) -> list[str]:
         return []
     named = {attr: [v for v in vs if re.search(rf"\b{v}\b", prompt)] for attr, vs in ATTRIBUTES.items()}
     return _swapped(prompt, {attr: found[0] for attr, found in named.items() if len(found) == 1})
+
+
+def _read_own(reading: dict) -> float:
+    """Share of retain probes the scorer reads as their own caption."""
+    return sum(m > 0 for m in reading["retain_margins"]) / len(reading["retain_margins"])
 
 
 class StoppingRule:
@@ -139,8 +147,12 @@ class StoppingRule:
         before = self.reference.get("retain_alignment")
         drift = 0.0 if before is None else 1 - reading["retain_alignment"] / before
         reading["retain_drift"] = drift
-        reading["forgotten"] = bool(self.usable and reading["present"] <= common.stop_forget
-                                    and drift <= common.stop_retain_drift)
+        if "retain_margins" in reading:
+            reading["retain_read"] = _read_own(reading)
+            intact = reading["retain_read"] >= _read_own(self.reference) - common.stop_retain_drop - 1e-9
+        else:
+            intact = drift <= common.stop_retain_drift
+        reading["forgotten"] = bool(self.usable and reading["present"] <= common.stop_forget and intact)
         self.streak = self.streak + 1 if reading["forgotten"] else 0
         reading["stop"] = self.streak >= common.stop_patience
         return reading

@@ -43,8 +43,10 @@ class CommonConfig:
     probes: int = 16  # probe images per side (target prompts, retain prompts)
     probe_steps: int = 25  # DDIM steps of a probe generation (the testbed's own; SD's 50 would double the cost)
     stop_forget: float = 0.05  # at most this share of target probes still read as the concept
-    stop_retain_drift: float = 0.02  # and retain alignment at most this much (relative) below the original's
-    stop_margin: float = 0.0  # a target probe reads forgotten only if the scorer prefers the anchor by more than this
+    stop_retain_drift: float = 0.02  # and retain alignment at most this much (relative) below the original's ...
+    stop_retain_drop: float = 0.0625  # ... or, with a world vocabulary, the share of retain probes read as their own
+    # caption at most this much below the original's (stopping.py)
+    stop_margin: float = 0.0  # a target probe reads forgotten only if the scorer prefers a contrast by more than this
     stop_patience: int = 2  # consecutive forgotten probes before the run stops (one lucky probe must not end it)
 
     def validate(self) -> "CommonConfig":
@@ -57,7 +59,9 @@ class CommonConfig:
         if self.probe_every < 0 or self.probes < 1 or self.probe_steps < 1 or self.stop_patience < 1:
             raise UserError("probe_every must be >= 0 (0: never probe), probes, probe_steps and stop_patience >= 1")
         if self.stop_margin < 0:
-            raise UserError(f"stop_margin must be >= 0 (0: the anchor merely beats the concept), not {self.stop_margin}")
+            raise UserError(f"stop_margin must be >= 0 (0: a contrast merely beats the concept), not {self.stop_margin}")
+        if self.stop_retain_drift < 0 or self.stop_retain_drop < 0:
+            raise UserError("stop_retain_drift and stop_retain_drop must be >= 0 (0: retain may not fall at all)")
         if not self.lr > 0:
             raise UserError(f"--lr must be positive, not {self.lr}")
         return self
