@@ -86,6 +86,10 @@ FIGURE_NEUTRAL_EDITS = {
     # `trust where` counts attack-only neurons against the rows a run trained (and in what share of its steps): an
     # analysis of attack results, which no attack imports (`git diff 3d84e33 -- src/trust_unlearn/attacks/where.py`)
     ("attacks/where.py", "9b59ded51677"): "3d84e33cc6263eae6746f1e6a6f2404ea20d2821",
+    # `stop_retain_drop`, a stopping-rule setting: only stopping.py reads it, and no method without a scorer runs the
+    # rule (`git diff e2b23ec -- src/trust_unlearn/methods/base.py`: the field, its check, two comments); the
+    # scorer-steered methods' cells go stale with stopping.py itself
+    ("methods/base.py", "99d2d981a484"): "e2b23ecbb2b3d07372b7ef5c4a813e23a56f32a5",
 }
 
 
