@@ -42,7 +42,7 @@ SCORER_WEIGHTS = "testbed/weights/scorer.safetensors"  # the shipped scorer; the
 # The stopping rule runs only beside an alignment scorer (unlearn.py builds a StoppingRule only then): a method
 # without one digests stopping.py as it was at this commit, the version its cells' digests read, so that the rule's
 # edits leave those cells current (tests/test_bench.py)
-UNSTEERED_STOPPING = ("stopping.py", "5bc5ef9546094b20e90ad315018bcba3dc2176a2")
+UNSTEERED_PINS = {"stopping.py": "5bc5ef9546094b20e90ad315018bcba3dc2176a2"}
 
 
 # ------------------------------------------------------------------ identity of a cell
@@ -142,7 +142,7 @@ def source_hash(name: str) -> str:
         if getattr(get_method(name), "needs_scorer", False):
             files.append(PACKAGE / SCORER_WEIGHTS)
         else:
-            pins = dict([UNSTEERED_STOPPING])
+            pins = UNSTEERED_PINS
     return _digest(files, pins)
 
 
